@@ -1,0 +1,136 @@
+"""The `pixstream` command: the only place that reads settings and configures logging."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from pixstream import logs
+from pixstream.settings import Settings
+
+T = TypeVar("T")
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+@click.group()
+@click.option("--log-level", default="INFO", show_default=True, help="Logging level.")
+@click.option("--json-logs", is_flag=True, help="One JSON object per log line.")
+@click.pass_context
+def main(ctx: click.Context, log_level: str, json_logs: bool) -> None:
+    """PixStream: streaming image processing on Kafka, Faust, Pillow, S3 and PostgreSQL."""
+    logs.configure(log_level, json_output=json_logs)
+    ctx.obj = Settings()
+
+
+# -- the local stack -------------------------------------------------------------------------
+@main.group()
+def stack() -> None:
+    """Local Kafka, PostgreSQL and S3 (MinIO) without Docker, under .pixstream/."""
+
+
+@stack.command("up")
+@click.pass_obj
+def stack_up(settings: Settings) -> None:
+    """Start every service that is not running (idempotent) and bootstrap the bucket."""
+    from pixstream import stack as local
+    from pixstream.stack.base import StackError
+    from pixstream.storage import ensure_bucket
+
+    started = time.monotonic()
+    try:
+        for service in local.services(settings):
+            click.echo(service.up().line())
+    except StackError as exc:
+        raise click.ClickException(str(exc)) from exc
+    _run(ensure_bucket(settings))
+    click.echo(f"stack up in {time.monotonic() - started:.1f}s (state in {settings.home})")
+
+
+@stack.command("down")
+@click.pass_obj
+def stack_down(settings: Settings) -> None:
+    """Stop every process the stack started (by pid); data stays for the next `up`."""
+    from pixstream import stack as local
+
+    for service in reversed(local.services(settings)):
+        service.down()
+        click.echo(f"{service.name:<10} stopped")
+
+
+@stack.command("status")
+@click.pass_obj
+def stack_status(settings: Settings) -> None:
+    """Show each service, its address and whether it answers; exit 1 when one does not."""
+    from pixstream import stack as local
+
+    statuses = [service.status() for service in local.services(settings)]
+    for status in statuses:
+        click.echo(status.line())
+    if not all(s.answers for s in statuses):
+        sys.exit(1)
+
+
+# -- setup ------------------------------------------------------------------------------------
+@main.command()
+@click.pass_obj
+def migrate(settings: Settings) -> None:
+    """Apply the PostgreSQL migrations (idempotent, under an advisory lock)."""
+    from pixstream.db.migrate import apply_migrations
+
+    applied = _run(apply_migrations(settings.database_url.get_secret_value()))
+    click.echo("\n".join(f"applied {name}" for name in applied) or "migrations: up to date")
+
+
+@main.group()
+def topics() -> None:
+    """Kafka topics declared in topics/."""
+
+
+@topics.command("apply")
+@click.option("--dry-run", is_flag=True, help="Show what would change, change nothing.")
+@click.option("--file", "path", type=click.Path(path_type=Path), default=None,
+              help="The declaration (default: topics/topics.toml).")
+@click.pass_obj
+def topics_apply(settings: Settings, dry_run: bool, path: Path | None) -> None:
+    """Create missing topics, update configs, raise partition counts (idempotent)."""
+    from pixstream.topics import apply_topics, load_topics
+
+    declared = load_topics(settings, path)
+    changes = _run(apply_topics(settings.kafka_bootstrap, declared, dry_run=dry_run))
+    click.echo("\n".join(str(c) for c in changes) or "topics: no change")
+
+
+@main.group()
+def schemas() -> None:
+    """JSON Schemas of the events, generated from the models."""
+
+
+@schemas.command("write")
+@click.option("--dir", "directory", type=click.Path(path_type=Path), default=Path("schemas"))
+def schemas_write(directory: Path) -> None:
+    """Write schemas/ from the pydantic models."""
+    from pixstream.schemas import write
+
+    for path in write(directory):
+        click.echo(f"wrote {path}")
+
+
+@main.command()
+@click.pass_obj
+def health(settings: Settings) -> None:
+    """Deep check of Kafka, PostgreSQL and S3; exit 0 only when all answer."""
+    from pixstream.health import check_all
+
+    report = _run(check_all(settings))
+    for name, check in report.checks.items():
+        click.echo(f"{name:<10} {'ok' if check.ok else 'FAIL'}  {check.detail}")
+    sys.exit(0 if report.ok else 1)

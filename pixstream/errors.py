@@ -1,0 +1,105 @@
+"""The exception tree; each docstring is the default message.
+
+    PixStreamError
+    ├── PermanentError      the input is at fault: a stable `code`, 4xx at the edge, the job fails
+    │   ├── InvalidSpec, InvalidParams, UnknownOperation
+    │   ├── UnsupportedFormat, CorruptImage, TooManyPixels, TooManyFrames, TooLarge
+    │   └── SourceUnavailable, DestinationRefused
+    └── TransientError      a dependency is at fault: retried with backoff, then dead-lettered;
+                            503 at the edge
+"""
+
+from __future__ import annotations
+
+
+class PixStreamError(Exception):
+    """PixStream failed."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0])
+
+
+class PermanentError(PixStreamError):
+    """The request cannot be processed as given."""
+
+    code = "permanent_error"
+
+
+class InvalidSpec(PermanentError):
+    """The job spec is not valid."""
+
+    code = "invalid_spec"
+
+
+class InvalidParams(PermanentError):
+    """The parameters of a step are not valid."""
+
+    code = "invalid_params"
+
+
+class UnknownOperation(PermanentError):
+    """No such operation."""
+
+    code = "unknown_operation"
+
+
+class UnsupportedFormat(PermanentError):
+    """The file is not an image in an allowed format (JPEG, PNG, WebP, GIF, TIFF, AVIF)."""
+
+    code = "unsupported_format"
+
+
+class CorruptImage(PermanentError):
+    """The image data is corrupt or truncated."""
+
+    code = "corrupt_image"
+
+
+class TooManyPixels(PermanentError):
+    """The image has more pixels than allowed."""
+
+    code = "too_many_pixels"
+
+
+class TooManyFrames(PermanentError):
+    """The animated image has more frames than allowed."""
+
+    code = "too_many_frames"
+
+
+class TooLarge(PermanentError):
+    """The upload is larger than allowed."""
+
+    code = "too_large"
+
+
+class SourceUnavailable(PermanentError):
+    """The job's source image cannot be found or fetched."""
+
+    code = "source_unavailable"
+
+
+class DestinationRefused(PermanentError):
+    """The destination address is not allowed (loopback, private, link-local or metadata)."""
+
+    code = "destination_refused"
+
+
+class TransientError(PixStreamError):
+    """A dependency failed; the operation may succeed if retried."""
+
+
+class AnimationNotSupported(PermanentError):
+    """The output format cannot hold an animation; convert animated inputs to GIF or WebP."""
+
+    code = "animation_not_supported"
+
+
+class InvalidEvent(PermanentError):
+    """The message is not a valid PixStream CloudEvent."""
+
+    code = "invalid_event"

@@ -1,0 +1,91 @@
+"""All configuration, read once from `PIXSTREAM_*` variables (or `.env`) and passed down.
+
+The defaults are the local stack that `pixstream stack up` starts, so a fresh checkout runs
+without any configuration. There is no module-level instance: the CLI builds one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_PRESETS: dict[str, dict[str, Any]] = {
+    "web": {
+        "steps": [
+            {"id": "web", "op": "resize", "params": {"width": 1024}},
+            {"id": "webp", "op": "convert", "params": {"format": "webp", "quality": 80},
+             "input": "web"},
+        ]
+    },
+    "avatar": {
+        "steps": [
+            {"id": "square", "op": "crop", "params": {"aspect": "1:1", "gravity": "entropy"}},
+            {"id": "avatar", "op": "thumbnail", "params": {"size": 256}, "input": "square"},
+        ]
+    },
+}
+
+
+class Settings(BaseSettings):
+    """PixStream's settings; every field is `PIXSTREAM_<FIELD>` in the environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PIXSTREAM_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    # Services
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    database_url: SecretStr = SecretStr(
+        "postgresql://pixstream:pixstream@127.0.0.1:5432/pixstream"
+    )
+    s3_endpoint_url: str = "http://127.0.0.1:9000"
+    s3_bucket: str = "pixstream"
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str = "pixstream"
+    s3_secret_access_key: SecretStr = SecretStr("pixstream-local-secret")
+
+    # Naming: every topic is `<topic_prefix>.<name>`; tests isolate themselves by prefix.
+    topic_prefix: str = "pixstream"
+    # The Faust application id (consumer group and changelog topic names derive from it).
+    app_id: str = "pixstream"
+
+    # HTTP ingress
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8080, ge=0, le=65535)
+    # Job creations per client address per minute; 0 turns the limit off.
+    rate_limit_per_minute: int = Field(default=0, ge=0)
+
+    # Webhooks
+    webhook_secret: SecretStr = SecretStr("whsec_cGl4c3RyZWFtLWxvY2FsLXdlYmhvb2stc2VjcmV0")
+    webhook_allow_private: bool = False
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+
+    # Limits
+    max_upload_bytes: int = Field(default=25 * 1024 * 1024, gt=0)
+    max_pixels: int = Field(default=50_000_000, gt=0)
+    max_steps: int = Field(default=16, gt=0)
+    max_frames: int = Field(default=100, gt=0)
+    source_fetch_timeout_seconds: float = Field(default=15.0, gt=0)
+
+    # Retention and presigning
+    retention_seconds: int = Field(default=86_400, gt=0)
+    # URLs are signed at the start of a window and stay valid for a full hour past its end,
+    # so every read gets at least an hour and the same URL within one window.
+    presign_window_seconds: int = Field(default=3_600, gt=0)
+
+    # Worker
+    worker_threads: int = Field(default=0, ge=0)  # 0: one per core
+    retry_attempts: int = Field(default=5, ge=0)
+    retry_base_seconds: float = Field(default=1.0, gt=0)
+
+    presets: dict[str, dict[str, Any]] = Field(default_factory=lambda: dict(DEFAULT_PRESETS))
+
+    # Local stack state
+    home: Path = Path(".pixstream")
+
+    def topic(self, name: str) -> str:
+        """The full Kafka topic name for a declared topic, e.g. `jobs` -> `pixstream.jobs`."""
+        return f"{self.topic_prefix}.{name}"
