@@ -97,8 +97,13 @@ def topics() -> None:
 
 @topics.command("apply")
 @click.option("--dry-run", is_flag=True, help="Show what would change, change nothing.")
-@click.option("--file", "path", type=click.Path(path_type=Path), default=None,
-              help="The declaration (default: topics/topics.toml).")
+@click.option(
+    "--file",
+    "path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="The declaration (default: topics/topics.toml).",
+)
 @click.pass_obj
 def topics_apply(settings: Settings, dry_run: bool, path: Path | None) -> None:
     """Create missing topics, update configs, raise partition counts (idempotent)."""

@@ -1,12 +1,12 @@
 """The exception tree; each docstring is the default message.
 
-    PixStreamError
-    ├── PermanentError      the input is at fault: a stable `code`, 4xx at the edge, the job fails
-    │   ├── InvalidSpec, InvalidParams, UnknownOperation
-    │   ├── UnsupportedFormat, CorruptImage, TooManyPixels, TooManyFrames, TooLarge
-    │   └── SourceUnavailable, DestinationRefused
-    └── TransientError      a dependency is at fault: retried with backoff, then dead-lettered;
-                            503 at the edge
+PixStreamError
+├── PermanentError      the input is at fault: a stable `code`, 4xx at the edge, the job fails
+│   ├── InvalidSpec, InvalidParams, UnknownOperation
+│   ├── UnsupportedFormat, CorruptImage, TooManyPixels, TooManyFrames, TooLarge
+│   └── SourceUnavailable, DestinationRefused
+└── TransientError      a dependency is at fault: retried with backoff, then dead-lettered;
+                        503 at the edge
 """
 
 from __future__ import annotations

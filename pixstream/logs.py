@@ -40,7 +40,8 @@ class TextFormatter(logging.Formatter):
 def configure(level: str = "INFO", *, json_output: bool = False) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
-        JsonFormatter() if json_output
+        JsonFormatter()
+        if json_output
         else TextFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     )
     root = logging.getLogger()

@@ -46,18 +46,29 @@ def presign_get(
 
     url = urlsplit(endpoint_url.rstrip("/"))
     path = f"{url.path}/{quote(bucket, safe='')}/{quote(key, safe='/~')}"
-    query = "&".join(f"{k}={quote(v, safe='~')}" for k, v in sorted({
-        "X-Amz-Algorithm": "AWS4-HMAC-SHA256",
-        "X-Amz-Credential": f"{access_key}/{scope}",
-        "X-Amz-Date": amz_date,
-        "X-Amz-Expires": str(expires),
-        "X-Amz-SignedHeaders": "host",
-    }.items()))
+    query = "&".join(
+        f"{k}={quote(v, safe='~')}"
+        for k, v in sorted(
+            {
+                "X-Amz-Algorithm": "AWS4-HMAC-SHA256",
+                "X-Amz-Credential": f"{access_key}/{scope}",
+                "X-Amz-Date": amz_date,
+                "X-Amz-Expires": str(expires),
+                "X-Amz-SignedHeaders": "host",
+            }.items()
+        )
+    )
     canonical = f"GET\n{path}\n{query}\nhost:{url.netloc}\n\nhost\nUNSIGNED-PAYLOAD"
-    to_sign = "\n".join([
-        "AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest(),
-    ])
-    signing_key = _hmac(_hmac(_hmac(_hmac(f"AWS4{secret_key}".encode(), day), region), "s3"),
-                        "aws4_request")
+    to_sign = "\n".join(
+        [
+            "AWS4-HMAC-SHA256",
+            amz_date,
+            scope,
+            hashlib.sha256(canonical.encode()).hexdigest(),
+        ]
+    )
+    signing_key = _hmac(
+        _hmac(_hmac(_hmac(f"AWS4{secret_key}".encode(), day), region), "s3"), "aws4_request"
+    )
     signature = hmac.new(signing_key, to_sign.encode(), hashlib.sha256).hexdigest()
     return f"{url.scheme}://{url.netloc}{path}?{query}&X-Amz-Signature={signature}"

@@ -16,8 +16,12 @@ DEFAULT_PRESETS: dict[str, dict[str, Any]] = {
     "web": {
         "steps": [
             {"id": "web", "op": "resize", "params": {"width": 1024}},
-            {"id": "webp", "op": "convert", "params": {"format": "webp", "quality": 80},
-             "input": "web"},
+            {
+                "id": "webp",
+                "op": "convert",
+                "params": {"format": "webp", "quality": 80},
+                "input": "web",
+            },
         ]
     },
     "avatar": {
@@ -38,9 +42,7 @@ class Settings(BaseSettings):
 
     # Services
     kafka_bootstrap: str = "127.0.0.1:9092"
-    database_url: SecretStr = SecretStr(
-        "postgresql://pixstream:pixstream@127.0.0.1:5432/pixstream"
-    )
+    database_url: SecretStr = SecretStr("postgresql://pixstream:pixstream@127.0.0.1:5432/pixstream")
     s3_endpoint_url: str = "http://127.0.0.1:9000"
     s3_bucket: str = "pixstream"
     s3_region: str = "us-east-1"

@@ -77,7 +77,8 @@ class Storage:
             if max_bytes is not None and resp["ContentLength"] > max_bytes:
                 raise SourceUnavailable(f"object {key} is larger than {max_bytes} bytes")
             async with resp["Body"] as body:
-                return await body.read()
+                data: bytes = await body.read()
+                return data
         except ClientError as exc:
             if _error_code(exc) in _MISSING:
                 raise SourceUnavailable(f"object {key} does not exist") from exc
@@ -99,10 +100,14 @@ class Storage:
     def presigned_url(self, key: str, *, now: float | None = None) -> str:
         s = self._settings
         return presign_get(
-            endpoint_url=s.s3_endpoint_url, bucket=self.bucket, key=key, region=s.s3_region,
+            endpoint_url=s.s3_endpoint_url,
+            bucket=self.bucket,
+            key=key,
+            region=s.s3_region,
             access_key=s.s3_access_key_id,
             secret_key=s.s3_secret_access_key.get_secret_value(),
-            window_seconds=s.presign_window_seconds, now=now,
+            window_seconds=s.presign_window_seconds,
+            now=now,
         )
 
     async def ping(self) -> None:
@@ -123,8 +128,12 @@ def lifecycle_rules(retention_seconds: int) -> list[dict[str, Any]]:
     """Expire uploads and outputs after the retention; S3 counts expiry in whole days."""
     days = max(1, math.ceil(retention_seconds / 86_400))
     return [
-        {"ID": f"expire-{prefix.rstrip('/')}", "Status": "Enabled",
-         "Filter": {"Prefix": prefix}, "Expiration": {"Days": days}}
+        {
+            "ID": f"expire-{prefix.rstrip('/')}",
+            "Status": "Enabled",
+            "Filter": {"Prefix": prefix},
+            "Expiration": {"Days": days},
+        }
         for prefix in EXPIRING_PREFIXES
     ]
 

@@ -6,17 +6,21 @@ answers `up()` idempotently, `down()` stops only what it started (by pid), `stat
 
 from __future__ import annotations
 
+from pixstream.settings import Settings
 from pixstream.stack.base import LocalService, ServiceStatus
 from pixstream.stack.kafka import KafkaService
 from pixstream.stack.minio import MinioService
 from pixstream.stack.postgres import PostgresService
-from pixstream.settings import Settings
 
 
 def services(settings: Settings) -> list[LocalService]:
     """The stack in start order."""
     home = settings.home.resolve()
-    return [PostgresService(home, settings), KafkaService(home, settings), MinioService(home, settings)]
+    return [
+        PostgresService(home, settings),
+        KafkaService(home, settings),
+        MinioService(home, settings),
+    ]
 
 
 __all__ = ["LocalService", "ServiceStatus", "services"]

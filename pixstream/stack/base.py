@@ -56,14 +56,20 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def run(cmd: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None,
-        log_file: Path | None = None) -> None:
+def run(
+    cmd: list[str],
+    *,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    log_file: Path | None = None,
+) -> None:
     """Run a setup command to completion; its output goes to the log, failures raise."""
     log.info("running %s", " ".join(cmd))
     out = log_file.open("ab") if log_file else subprocess.DEVNULL
     try:
-        result = subprocess.run(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
-                                check=False)
+        result = subprocess.run(
+            cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, check=False
+        )
     finally:
         if log_file:
             out.close()  # type: ignore[union-attr]
@@ -105,7 +111,7 @@ class LocalService(ABC):
     def ready(self) -> bool:
         return port_answers(self.host, self.port)
 
-    def after_start(self) -> None:
+    def after_start(self) -> None:  # noqa: B027 - optional hook, most services need none
         """Work that needs the service answering (create the database, the bucket)."""
 
     def stop_process(self, pid: int) -> None:
@@ -147,7 +153,9 @@ class LocalService(ABC):
         deadline = time.monotonic() + timeout
         while pid_alive(pid):
             if time.monotonic() > deadline:
-                log.warning("%s (pid %d) did not stop in %.0fs; killing it", self.name, pid, timeout)
+                log.warning(
+                    "%s (pid %d) did not stop in %.0fs; killing it", self.name, pid, timeout
+                )
                 os.kill(pid, signal.SIGKILL)
             time.sleep(0.2)
         self.pid_file.unlink(missing_ok=True)
@@ -159,15 +167,24 @@ class LocalService(ABC):
             if pid is None:
                 raise StackError(f"{self.name} exited during start-up; see {self.log_file}")
             if time.monotonic() > deadline:
-                raise StackError(f"{self.name} did not answer on {self.address} within "
-                                 f"{timeout:.0f}s; see {self.log_file}")
+                raise StackError(
+                    f"{self.name} did not answer on {self.address} within "
+                    f"{timeout:.0f}s; see {self.log_file}"
+                )
             time.sleep(0.3)
 
-    def spawn_detached(self, cmd: list[str], *, env: dict[str, str] | None = None,
-                       cwd: Path | None = None) -> int:
+    def spawn_detached(
+        self, cmd: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None
+    ) -> int:
         """Start a long-running process in its own session so Ctrl-C on us does not reach it."""
         with self.log_file.open("ab") as out:
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, env=env, cwd=cwd,
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                cmd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                cwd=cwd,
+                start_new_session=True,
+            )
         return proc.pid

@@ -63,26 +63,59 @@ class KafkaService(LocalService):
         if stamp.exists() and stamp.read_text() == digest:
             return
         shutil.rmtree(self.libs, ignore_errors=True)
-        run(["mvn", "-q", "-B", "-f", str(pom), "dependency:copy-dependencies",
-             f"-DoutputDirectory={self.libs}"], log_file=self.log_file)
+        run(
+            [
+                "mvn",
+                "-q",
+                "-B",
+                "-f",
+                str(pom),
+                "dependency:copy-dependencies",
+                f"-DoutputDirectory={self.libs}",
+            ],
+            log_file=self.log_file,
+        )
         stamp.write_text(digest)
 
     def prepare(self) -> None:
-        self.config.write_text(SERVER_PROPERTIES.format(
-            port=self.port, controller_port=self.controller_port, data=self.data))
+        self.config.write_text(
+            SERVER_PROPERTIES.format(
+                port=self.port, controller_port=self.controller_port, data=self.data
+            )
+        )
         if (self.data / "meta.properties").exists():
             return
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
-        run(["java", "-cp", f"{self.libs}/*", "kafka.tools.StorageTool", "format",
-             "-t", cluster_id, "-c", str(self.config)], log_file=self.log_file)
+        run(
+            [
+                "java",
+                "-cp",
+                f"{self.libs}/*",
+                "kafka.tools.StorageTool",
+                "format",
+                "-t",
+                cluster_id,
+                "-c",
+                str(self.config),
+            ],
+            log_file=self.log_file,
+        )
 
     def spawn(self) -> int:
         self._log_mark = self.log_file.stat().st_size if self.log_file.exists() else 0
-        return self.spawn_detached([
-            "java", "-Xms512m", "-Xmx1g", "-XX:+UseG1GC",
-            f"-Dlog4j2.configurationFile={DEPLOY / 'log4j2.properties'}",
-            "-cp", f"{self.libs}/*", "kafka.Kafka", str(self.config),
-        ])
+        return self.spawn_detached(
+            [
+                "java",
+                "-Xms512m",
+                "-Xmx1g",
+                "-XX:+UseG1GC",
+                f"-Dlog4j2.configurationFile={DEPLOY / 'log4j2.properties'}",
+                "-cp",
+                f"{self.libs}/*",
+                "kafka.Kafka",
+                str(self.config),
+            ]
+        )
 
     def ready(self) -> bool:
         if not super().ready():

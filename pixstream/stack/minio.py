@@ -36,8 +36,11 @@ class MinioService(LocalService):
             raise StackError("minio: the Go toolchain (`go`) is needed to build MinIO")
         self.binary.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "GOBIN": str(self.binary.parent), "GOFLAGS": "-trimpath"}
-        run(["go", "install", f"github.com/minio/minio@{MINIO_VERSION}"], env=env,
-            log_file=self.log_file)
+        run(
+            ["go", "install", f"github.com/minio/minio@{MINIO_VERSION}"],
+            env=env,
+            log_file=self.log_file,
+        )
 
     def prepare(self) -> None:
         self.data.mkdir(parents=True, exist_ok=True)
@@ -50,14 +53,23 @@ class MinioService(LocalService):
             "MINIO_BROWSER": "off",
             "MINIO_UPDATE": "off",
         }
-        return self.spawn_detached([
-            str(self.binary), "server", str(self.data), "--quiet",
-            "--address", self.address, "--console-address", f"{self.host}:{self.port + 1}",
-        ], env=env)
+        return self.spawn_detached(
+            [
+                str(self.binary),
+                "server",
+                str(self.data),
+                "--quiet",
+                "--address",
+                self.address,
+                "--console-address",
+                f"{self.host}:{self.port + 1}",
+            ],
+            env=env,
+        )
 
     def ready(self) -> bool:
         try:
-            with urllib.request.urlopen(  # noqa: S310 - a loopback URL we built ourselves
+            with urllib.request.urlopen(
                 f"http://{self.address}/minio/health/live", timeout=1
             ) as resp:
                 return bool(resp.status == 200)

@@ -40,6 +40,11 @@ class PostgresService(LocalService):
         self.data = self._data_dir()
         self.socket_dir = self.data.parent / "socket"
 
+    @property
+    def server_log(self) -> Path:
+        """The server's own log, next to its data where the `postgres` user can write."""
+        return self.data.parent / "server.log"
+
     # -- where the cluster lives --------------------------------------------------------
     def _data_dir(self) -> Path:
         preferred = self.dir / "data"
@@ -66,8 +71,10 @@ class PostgresService(LocalService):
         return True
 
     def _bin(self, tool: str) -> str:
-        found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{tool}"),
-                       key=lambda p: int(Path(p).parts[4]) if Path(p).parts[4].isdigit() else 0)
+        found = sorted(
+            glob.glob(f"/usr/lib/postgresql/*/bin/{tool}"),
+            key=lambda p: int(Path(p).parts[4]) if Path(p).parts[4].isdigit() else 0,
+        )
         if found:
             return found[-1]
         path = shutil.which(tool)
@@ -100,24 +107,53 @@ class PostgresService(LocalService):
     def prepare(self) -> None:
         self.data.parent.mkdir(parents=True, exist_ok=True)
         self.socket_dir.mkdir(parents=True, exist_ok=True)
-        self.log_file.touch()
-        self._own(self.data.parent, self.socket_dir, self.log_file)
+        self.server_log.touch()
+        self._own(self.data.parent, self.socket_dir, self.server_log)
         if (self.data / "PG_VERSION").exists():
             return
         self.data.mkdir(mode=0o700, exist_ok=True)
         self._own(self.data)
-        run(self._as_server_user([
-            self._bin("initdb"), "-D", str(self.data), "-U", SERVER_USER, "-E", "UTF8",
-            "--auth-local=trust", "--auth-host=scram-sha-256", "--no-instructions",
-        ]), log_file=self.log_file)
+        run(
+            self._as_server_user(
+                [
+                    self._bin("initdb"),
+                    "-D",
+                    str(self.data),
+                    "-U",
+                    SERVER_USER,
+                    "-E",
+                    "UTF8",
+                    "--auth-local=trust",
+                    "--auth-host=scram-sha-256",
+                    "--no-instructions",
+                ]
+            ),
+            log_file=self.log_file,
+        )
 
     def spawn(self) -> int:
-        options = (f"-c listen_addresses={self.host} -p {self.port} -k {self.socket_dir} "
-                   "-c max_connections=200")
-        run(self._as_server_user([
-            self._bin("pg_ctl"), "-D", str(self.data), "-l", str(self.log_file), "-w",
-            "-t", "60", "-o", options, "start",
-        ]), log_file=self.log_file)
+        options = (
+            f"-c listen_addresses={self.host} -p {self.port} -k {self.socket_dir} "
+            "-c max_connections=200"
+        )
+        run(
+            self._as_server_user(
+                [
+                    self._bin("pg_ctl"),
+                    "-D",
+                    str(self.data),
+                    "-l",
+                    str(self.server_log),
+                    "-w",
+                    "-t",
+                    "60",
+                    "-o",
+                    options,
+                    "start",
+                ]
+            ),
+            log_file=self.log_file,
+        )
         return int((self.data / "postmaster.pid").read_text().split()[0])
 
     def stop_process(self, pid: int) -> None:
@@ -125,21 +161,35 @@ class PostgresService(LocalService):
 
     def after_start(self) -> None:
         if not self._query(f"SELECT 1 FROM pg_roles WHERE rolname = {_quote_literal(self.user)}"):
-            self._query(f"CREATE ROLE {_quote_ident(self.user)} LOGIN "
-                        f"PASSWORD {_quote_literal(self.password)}")
+            self._query(
+                f"CREATE ROLE {_quote_ident(self.user)} LOGIN "
+                f"PASSWORD {_quote_literal(self.password)}"
+            )
         if not self._query(
             f"SELECT 1 FROM pg_database WHERE datname = {_quote_literal(self.database)}"
         ):
-            self._query(f"CREATE DATABASE {_quote_ident(self.database)} "
-                        f"OWNER {_quote_ident(self.user)}")
+            self._query(
+                f"CREATE DATABASE {_quote_ident(self.database)} OWNER {_quote_ident(self.user)}"
+            )
         # Tests create a database per test from a template: the role needs CREATEDB.
         self._query(f"ALTER ROLE {_quote_ident(self.user)} CREATEDB")
 
     def _query(self, sql: str) -> str:
-        cmd = self._as_server_user([
-            self._bin("psql"), "-h", str(self.socket_dir), "-p", str(self.port),
-            "-U", SERVER_USER, "-d", "postgres", "-tAc", sql,
-        ])
+        cmd = self._as_server_user(
+            [
+                self._bin("psql"),
+                "-h",
+                str(self.socket_dir),
+                "-p",
+                str(self.port),
+                "-U",
+                SERVER_USER,
+                "-d",
+                "postgres",
+                "-tAc",
+                sql,
+            ]
+        )
         result = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             raise StackError(f"postgres: {sql.split()[0]} failed: {result.stderr.strip()}")

@@ -1,0 +1,52 @@
+# PixStream: `make run` to use it, `make test` to check it. Real logic lives in Python.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PIX    := $(BIN)/pixstream
+
+.DEFAULT_GOAL := help
+.PHONY: help install up down run test lint fmt bench bench-ops corpus
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(PIX): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+install: $(PIX)  ## create .venv with PixStream and its dev tools
+
+up: $(PIX)  ## start the local stack (Kafka, PostgreSQL, MinIO), apply topics and migrations
+	$(PIX) stack up
+	$(PIX) topics apply
+	$(PIX) migrate
+
+down: $(PIX)  ## stop the local stack (data stays in .pixstream/)
+	$(PIX) stack down
+
+run: up  ## set up if needed, then run ingress + workers (pixstream dev)
+	$(PIX) dev
+
+test: up  ## run the whole test suite against the real services
+	$(BIN)/pytest
+
+lint: $(PIX)  ## ruff and mypy --strict
+	$(BIN)/ruff check pixstream tests bench
+	$(BIN)/ruff format --check pixstream tests bench
+	$(BIN)/mypy
+
+fmt: $(PIX)  ## format the code
+	$(BIN)/ruff format pixstream tests bench
+	$(BIN)/ruff check --fix pixstream tests bench
+
+corpus: bench/corpus/MANIFEST.tsv  ## build the benchmark photo corpus
+bench/corpus/MANIFEST.tsv:
+	bash ../shared/bench/make_corpus.sh bench/corpus
+
+bench-ops: $(PIX) corpus  ## time PixStream's operations against a plain Pillow loop
+	$(BIN)/python -m bench.ops bench/corpus
+
+bench: up corpus  ## every benchmark: operations, then the pipeline and the ingress
+	$(BIN)/python -m bench.ops bench/corpus

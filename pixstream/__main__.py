@@ -1,0 +1,5 @@
+"""`python -m pixstream` is the `pixstream` command."""
+
+from pixstream.cli import main
+
+main()

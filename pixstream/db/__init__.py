@@ -1,0 +1,1 @@
+"""PostgreSQL: the job records the API reads, projected from the events (asyncpg)."""

@@ -1,0 +1,131 @@
+"""The declared Kafka topics (topics/topics.toml) and how the broker is made to match them."""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.admin.new_partitions import NewPartitions
+from aiokafka.errors import for_code
+
+from pixstream.settings import Settings
+
+DEFAULT_FILE = Path(__file__).resolve().parents[1] / "topics" / "topics.toml"
+
+
+@dataclass(frozen=True)
+class TopicConfig:
+    name: str
+    partitions: int
+    replication: int
+    config: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Change:
+    topic: str
+    action: str  # "create" | "partitions" | "config"
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.action:<10} {self.topic}: {self.detail}"
+
+
+def load_topics(settings: Settings, path: Path | None = None) -> list[TopicConfig]:
+    """The declaration with the settings' prefix applied."""
+    doc = tomllib.loads((path or DEFAULT_FILE).read_text())
+    defaults: dict[str, Any] = doc.get("defaults", {})
+    topics = []
+    for name, spec in doc.get("topics", {}).items():
+        config = {**defaults.get("config", {}), **spec.get("config", {})}
+        topics.append(
+            TopicConfig(
+                name=settings.topic(name),
+                partitions=int(spec.get("partitions", defaults.get("partitions", 1))),
+                replication=int(spec.get("replication", defaults.get("replication", 1))),
+                config={k: str(v) for k, v in config.items()},
+            )
+        )
+    return topics
+
+
+async def apply_topics(
+    bootstrap: str, declared: Sequence[TopicConfig], *, dry_run: bool = False
+) -> list[Change]:
+    """Make the broker match the declaration; return what changed (or would, when dry)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30_000)
+    await admin.start()
+    try:
+        return await _apply(admin, declared, dry_run)
+    finally:
+        await admin.close()
+
+
+async def _apply(
+    admin: AIOKafkaAdminClient, declared: Sequence[TopicConfig], dry_run: bool
+) -> list[Change]:
+    existing = {t["topic"]: len(t["partitions"]) for t in await admin.describe_topics()}
+    changes: list[Change] = []
+
+    missing = [t for t in declared if t.name not in existing]
+    changes += [Change(t.name, "create", f"{t.partitions} partitions") for t in missing]
+    if missing and not dry_run:
+        resp = await admin.create_topics(
+            [
+                NewTopic(t.name, t.partitions, t.replication, topic_configs=dict(t.config))
+                for t in missing
+            ]
+        )
+        _raise_for_errors(resp.topic_errors)
+
+    present = [t for t in declared if t.name in existing]
+    grow = {t.name: t.partitions for t in present if t.partitions > existing[t.name]}
+    changes += [Change(n, "partitions", f"{existing[n]} -> {p}") for n, p in grow.items()]
+    if grow and not dry_run:
+        await admin.create_partitions({n: NewPartitions(p) for n, p in grow.items()})
+
+    if present:
+        current = await _topic_configs(admin, [t.name for t in present])
+        for t in present:
+            diff = {k: v for k, v in t.config.items() if current[t.name].get(k) != v}
+            if not diff:
+                continue
+            changes.append(
+                Change(
+                    t.name,
+                    "config",
+                    ", ".join(
+                        f"{k}={current[t.name].get(k)} -> {v}" for k, v in sorted(diff.items())
+                    ),
+                )
+            )
+            if not dry_run:
+                # AlterConfigs replaces the topic's dynamic config: send the whole declaration.
+                await admin.alter_configs(
+                    [ConfigResource(ConfigResourceType.TOPIC, t.name, configs=dict(t.config))]
+                )
+    return changes
+
+
+async def _topic_configs(admin: AIOKafkaAdminClient, names: list[str]) -> dict[str, dict[str, str]]:
+    responses = await admin.describe_configs(
+        [ConfigResource(ConfigResourceType.TOPIC, n) for n in names]
+    )
+    configs: dict[str, dict[str, str]] = {}
+    for resp in responses:
+        for error_code, _message, _type, name, entries in resp.resources:
+            if error_code:
+                raise for_code(error_code)(f"describe configs of {name}")
+            configs[name] = {e[0]: e[1] for e in entries}
+    return configs
+
+
+def _raise_for_errors(topic_errors: Sequence[tuple[Any, ...]]) -> None:
+    for topic, code, *rest in topic_errors:
+        if code and code != 36:  # 36: TOPIC_ALREADY_EXISTS, a concurrent apply won the race
+            raise for_code(code)(f"create {topic}: {rest[0] if rest else ''}")

@@ -1,0 +1,120 @@
+"""Shared fixtures: the real services, started once per run by `make test` (`stack up`).
+
+A service that does not answer fails the run with the reason; nothing is skipped. Tests
+isolate themselves with a unique topic prefix, database and key prefix each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import asyncpg
+import pytest
+
+from pixstream.db.migrate import apply_migrations
+from pixstream.health import check_all
+from pixstream.settings import Settings
+from pixstream.topics import apply_topics, load_topics
+
+TEMPLATE_DB = "pixstream_test_template"
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}{uuid.uuid4().hex[:10]}"
+
+
+def _docker_answers() -> bool:
+    try:
+        import docker
+
+        docker.from_env().ping()
+    except Exception:
+        return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def base_settings() -> Iterator[Settings]:
+    """The configured services, or testcontainers where a Docker engine answers."""
+    if os.environ.get("PIXSTREAM_TESTCONTAINERS") == "1" and _docker_answers():
+        from tests.containers import containers_settings
+
+        with containers_settings() as settings:
+            yield settings
+        return
+    yield Settings()
+
+
+@pytest.fixture(scope="session")
+def services(base_settings: Settings) -> Settings:
+    """Fail the run (never skip) when a service the tests need does not answer."""
+    report = asyncio.run(check_all(base_settings))
+    if not report.ok:
+        failed = "; ".join(f"{n}: {c.detail}" for n, c in report.checks.items() if not c.ok)
+        pytest.fail(
+            f"services not reachable ({failed}). Start them with `make up` "
+            "(`pixstream stack up`) or point PIXSTREAM_* at running ones.",
+            pytrace=False,
+        )
+    return base_settings
+
+
+def _dsn_for(settings: Settings, database: str) -> str:
+    dsn = settings.database_url.get_secret_value()
+    return dsn.rsplit("/", 1)[0] + "/" + database
+
+
+@pytest.fixture(scope="session")
+def template_database(services: Settings) -> str:
+    """A migrated database that each test's database is copied from (fast, isolated)."""
+
+    async def build() -> None:
+        conn = await asyncpg.connect(services.database_url.get_secret_value())
+        try:
+            await conn.execute(f"DROP DATABASE IF EXISTS {TEMPLATE_DB} WITH (FORCE)")
+            await conn.execute(f"CREATE DATABASE {TEMPLATE_DB}")
+        finally:
+            await conn.close()
+        await apply_migrations(_dsn_for(services, TEMPLATE_DB))
+
+    asyncio.run(build())
+    return TEMPLATE_DB
+
+
+@pytest.fixture
+async def database_url(services: Settings, template_database: str) -> AsyncIterator[str]:
+    name = unique("pixstream_t_")
+    conn = await asyncpg.connect(services.database_url.get_secret_value())
+    try:
+        await conn.execute(f"CREATE DATABASE {name} TEMPLATE {template_database}")
+    finally:
+        await conn.close()
+    yield _dsn_for(services, name)
+    conn = await asyncpg.connect(services.database_url.get_secret_value())
+    try:
+        await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def settings(services: Settings, database_url: str) -> Settings:
+    """Settings of one test: its own topic prefix, database and consumer group."""
+    prefix = unique("t")
+    return services.model_copy(
+        update={
+            "topic_prefix": prefix,
+            "app_id": prefix,
+            "database_url": services.database_url.__class__(database_url),
+        }
+    )
+
+
+@pytest.fixture
+async def topics(settings: Settings) -> Settings:
+    """Declare the test's own copy of topics/ on the broker."""
+    await apply_topics(settings.kafka_bootstrap, load_topics(settings))
+    return settings
