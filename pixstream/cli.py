@@ -139,3 +139,40 @@ def health(settings: Settings) -> None:
     for name, check in report.checks.items():
         click.echo(f"{name:<10} {'ok' if check.ok else 'FAIL'}  {check.detail}")
     sys.exit(0 if report.ok else 1)
+
+
+@main.command()
+@click.option("--ops", default=None, help="Comma-separated operations to run (default: all).")
+@click.option(
+    "--processes",
+    default=1,
+    show_default=True,
+    help="Worker processes in the same consumer group (use one per core).",
+)
+@click.pass_obj
+def worker(settings: Settings, ops: str | None, processes: int) -> None:
+    """The Faust worker: planner, op agents, tracker, recorder, notifier, retry relays."""
+    from pixstream.worker.run import run_worker, supervise
+
+    selected = [o.strip() for o in ops.split(",") if o.strip()] if ops else None
+    if processes > 1:
+        sys.exit(supervise(processes, sys.argv[1:]))
+    run_worker(settings, selected)
+
+
+@main.command()
+@click.option("--host", default=None, help="Address to listen on (default: PIXSTREAM_HTTP_HOST).")
+@click.option("--port", type=int, default=None, help="Port (default: PIXSTREAM_HTTP_PORT).")
+@click.pass_obj
+def ingress(settings: Settings, host: str | None, port: int | None) -> None:
+    """Run the HTTP ingress alone; SIGINT/SIGTERM stop it after in-flight requests finish."""
+    from aiohttp import web
+
+    from pixstream.ingress import create_app
+
+    host = host or settings.http_host
+    port = settings.http_port if port is None else port
+    click.echo(f"PixStream ingress on http://{host}:{port}/")
+    # run_app turns SIGINT and SIGTERM into a graceful shutdown: it stops accepting, waits
+    # up to shutdown_timeout for in-flight requests, then runs the cleanup contexts.
+    web.run_app(create_app(settings), host=host, port=port, shutdown_timeout=15, print=None)

@@ -71,6 +71,8 @@ class Settings(BaseSettings):
     max_steps: int = Field(default=16, gt=0)
     max_frames: int = Field(default=100, gt=0)
     source_fetch_timeout_seconds: float = Field(default=15.0, gt=0)
+    # Lets `source.url` jobs fetch from loopback/private addresses: development and tests only.
+    source_allow_private: bool = False
 
     # Retention and presigning
     retention_seconds: int = Field(default=86_400, gt=0)
@@ -81,7 +83,8 @@ class Settings(BaseSettings):
     # Worker
     worker_threads: int = Field(default=0, ge=0)  # 0: one per core
     retry_attempts: int = Field(default=5, ge=0)
-    retry_base_seconds: float = Field(default=1.0, gt=0)
+    # Prometheus metrics of a worker process (0: off); the ingress serves its own at /metrics.
+    worker_metrics_port: int = Field(default=9108, ge=0, le=65535)
 
     presets: dict[str, dict[str, Any]] = Field(default_factory=lambda: dict(DEFAULT_PRESETS))
 

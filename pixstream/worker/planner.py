@@ -1,0 +1,116 @@
+"""The planner, on `<prefix>.jobs`: validate a job request, make its source an object in the
+bucket, announce the job on the events topic, and send its DAG to the op topic of its first
+step as one task (docs/design.md says why one task carries the whole DAG)."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from pixstream import errors, netguard
+from pixstream.events import (
+    JOB_FAILED,
+    JOB_REQUESTED,
+    TASK_REQUESTED,
+    CloudEvent,
+    ErrorInfo,
+    JobFailed,
+    JobRequested,
+    SourceKey,
+    TaskRequested,
+    make_event,
+    parse_data,
+)
+from pixstream.plan import Plan
+from pixstream.spec import ID_PATTERN, JobSpec, parse_spec
+from pixstream.worker.records import Record
+from pixstream.worker.resources import Resources
+from pixstream.worker.source import fetch_source, source_key
+
+log = logging.getLogger(__name__)
+
+
+async def handle_job_request(res: Resources, record: Record) -> None:
+    """Plan one record of the jobs topic; never raises for anything a message can contain."""
+    try:
+        event = CloudEvent.parse(record.value or b"")
+        if event.type != JOB_REQUESTED:
+            raise errors.InvalidEvent(f"type: expected {JOB_REQUESTED!r}, got {event.type!r}")
+    except errors.InvalidEvent as exc:
+        await res.dead_letter(record, exc, attempts=record.attempt + 1)
+        return
+
+    job_id = _job_id_of(event)
+    try:
+        request = parse_data(event)
+        assert isinstance(request, JobRequested)
+        spec = _validated_spec(res, request)
+        key = await _source_object(res, request)
+    except errors.TransientError as exc:
+        await res.retry_later(record, exc)
+        return
+    except errors.PermanentError as exc:
+        if job_id is None:  # nobody can be told: keep the message for a human
+            await res.dead_letter(record, exc, attempts=record.attempt + 1)
+            return
+        log.info("job refused: %s", exc.message, extra={"job_id": job_id, "code": exc.code})
+        failed = JobFailed(
+            job_id=job_id,
+            errors=[ErrorInfo(step=None, code=exc.code, message=exc.message)],
+            webhook_url=_webhook_of(event),
+        )
+        await res.emit(make_event(JOB_FAILED, failed), key=job_id)
+        return
+
+    accepted = request.model_copy(update={"steps": spec.steps, "source": SourceKey(key=key)})
+    await res.emit(make_event(JOB_REQUESTED, accepted, source=event.source), key=request.job_id)
+    plan = Plan.from_spec(spec)
+    first_op = plan.steps[plan.order[0]].spec.op
+    task = TaskRequested(job_id=request.job_id, source_key=key, steps=spec.steps)
+    await res.send(
+        res.settings.topic(f"op.{first_op}"),
+        make_event(TASK_REQUESTED, task).to_bytes(),
+        key=request.job_id,
+    )
+    log.info(
+        "job planned", extra={"job_id": request.job_id, "op": first_op, "steps": len(spec.steps)}
+    )
+
+
+def _validated_spec(res: Resources, request: JobRequested) -> JobSpec:
+    spec = parse_spec(
+        {"steps": [s.model_dump() for s in request.steps], "webhook_url": request.webhook_url},
+        presets={},
+        max_steps=res.settings.max_steps,
+    )
+    if spec.webhook_url:
+        netguard.check_url(spec.webhook_url, allow_private=res.settings.webhook_allow_private)
+    return spec
+
+
+async def _source_object(res: Resources, request: JobRequested) -> str:
+    """The key of the job's source in the bucket, fetching a `source.url` first."""
+    if isinstance(request.source, SourceKey):
+        if not await res.storage.exists(request.source.key):
+            raise errors.SourceUnavailable(f"source object {request.source.key} does not exist")
+        return request.source.key
+    url = str(request.source.url)
+    data, fmt = await fetch_source(
+        res.http,
+        url,
+        max_bytes=res.settings.max_upload_bytes,
+        allow_private=res.settings.source_allow_private,
+    )
+    key = source_key(request.job_id, fmt)
+    await res.storage.put(key, data, f"image/{fmt}")
+    return key
+
+
+def _job_id_of(event: CloudEvent) -> str | None:
+    job_id = event.data.get("job_id")
+    return job_id if isinstance(job_id, str) and re.fullmatch(ID_PATTERN, job_id) else None
+
+
+def _webhook_of(event: CloudEvent) -> str | None:
+    url = event.data.get("webhook_url")
+    return url if isinstance(url, str) else None

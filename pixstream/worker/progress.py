@@ -1,0 +1,76 @@
+"""A job's progress as the tracker keeps it: pure state, stored as JSON in the Faust table.
+
+Applying the same step result twice changes nothing, and a job becomes terminal exactly once:
+that is what makes redelivery harmless.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from pixstream.events import (
+    JOB_COMPLETED,
+    JOB_FAILED,
+    ErrorInfo,
+    JobCompleted,
+    JobFailed,
+    JobRequested,
+    OutputInfo,
+    StepCompleted,
+    StepFailed,
+)
+from pixstream.plan import Plan
+from pixstream.spec import JobSpec
+
+
+class JobProgress(BaseModel):
+    """What the tracker knows of one job."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    outputs: list[str]
+    webhook_url: str | None = None
+    done: dict[str, OutputInfo | None] = Field(default_factory=dict)
+    failed: dict[str, ErrorInfo] = Field(default_factory=dict)
+    terminal: bool = False
+
+    @classmethod
+    def start(cls, request: JobRequested) -> JobProgress:
+        plan = Plan.from_spec(JobSpec(steps=request.steps, webhook_url=request.webhook_url))
+        return cls(outputs=list(plan.outputs), webhook_url=request.webhook_url)
+
+    def record(self, result: StepCompleted | StepFailed) -> bool:
+        """Apply a step's result; False when it was already known (a duplicate) or too late."""
+        if self.terminal or result.step in self.done or result.step in self.failed:
+            return False
+        if isinstance(result, StepCompleted):
+            self.done[result.step] = result.output
+        else:
+            self.failed[result.step] = ErrorInfo(
+                step=result.step, code=result.code, message=result.message
+            )
+        return True
+
+    @property
+    def resolved(self) -> bool:
+        return all(s in self.done or s in self.failed for s in self.outputs)
+
+    def finish(self, job_id: str) -> tuple[str, JobCompleted | JobFailed]:
+        """Mark terminal and return the one terminal event's type and data."""
+        self.terminal = True
+        outputs = {s: out for s in self.outputs if (out := self.done.get(s)) is not None}
+        if not self.failed:
+            return JOB_COMPLETED, JobCompleted(
+                job_id=job_id, outputs=outputs, webhook_url=self.webhook_url
+            )
+        return JOB_FAILED, JobFailed(
+            job_id=job_id,
+            errors=list(self.failed.values()),
+            outputs=outputs,
+            webhook_url=self.webhook_url,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
