@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m bench.ops CORPUS_DIR`."""

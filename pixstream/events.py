@@ -1,0 +1,211 @@
+"""CloudEvents 1.0 (structured JSON) envelope and the data model of every PixStream event type.
+
+These models are the source of `schemas/`. Event ids are deterministic per job and step, so a
+redelivered step republishes the same id and consumers deduplicate on it.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    ValidationError,
+    field_validator,
+)
+
+from pixstream import errors
+from pixstream.ops.operation import describe_errors
+from pixstream.spec import ID_PATTERN, StepSpec
+
+JOB_REQUESTED: Final = "pixstream.job.requested"
+STEP_COMPLETED: Final = "pixstream.step.completed"
+STEP_FAILED: Final = "pixstream.step.failed"
+JOB_COMPLETED: Final = "pixstream.job.completed"
+JOB_FAILED: Final = "pixstream.job.failed"
+TASK_REQUESTED: Final = "pixstream.task.requested"  # internal: on pixstream.op.<op> topics
+
+DEFAULT_SOURCE: Final = "/pixstream"
+
+JobId = Annotated[str, Field(pattern=ID_PATTERN)]
+
+
+class Data(BaseModel):
+    """Base of every event's data: strict about fields, immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceKey(Data):
+    """The source is an object already in the bucket."""
+
+    key: str = Field(min_length=1, max_length=1024, examples=["raw/job-123/source.jpg"])
+
+
+class SourceUrl(Data):
+    """The source is fetched from an https URL."""
+
+    url: HttpUrl = Field(json_schema_extra={"pattern": "^https://"})
+
+    @field_validator("url")
+    @classmethod
+    def _https_only(cls, value: HttpUrl) -> HttpUrl:
+        if value.scheme != "https":
+            raise ValueError("only https URLs are accepted")
+        return value
+
+
+SourceRef = SourceKey | SourceUrl
+
+
+class OutputInfo(Data):
+    """An output object in the bucket."""
+
+    key: str
+    format: str
+    width: int = Field(ge=1)
+    height: int = Field(ge=1)
+    bytes: int = Field(ge=0)
+    url: str | None = None
+
+
+class ErrorInfo(Data):
+    """Why a job (or one of its steps, when `step` is set) failed."""
+
+    step: str | None
+    code: str
+    message: str
+
+
+class JobRequested(Data):
+    """A job to run: from the ingress or from any other system."""
+
+    job_id: JobId
+    steps: list[StepSpec] = Field(min_length=1)
+    webhook_url: str | None = None
+    source: SourceRef
+
+
+class TaskRequested(Data):
+    """Internal: run `steps` of a job on the source object (one op topic per first step)."""
+
+    job_id: JobId
+    source_key: str = Field(min_length=1)
+    steps: list[StepSpec] = Field(min_length=1)
+    attempt: int = Field(default=0, ge=0)
+
+
+class StepCompleted(Data):
+    """A step finished; `output` is set when the step is an output of the job."""
+
+    job_id: JobId
+    step: str
+    op: str
+    output: OutputInfo | None = None
+
+
+class StepFailed(Data):
+    """A step failed permanently (or was skipped because its input failed)."""
+
+    job_id: JobId
+    step: str
+    op: str
+    code: str
+    message: str
+
+
+class JobCompleted(Data):
+    """Every output of the job exists."""
+
+    job_id: JobId
+    outputs: dict[str, OutputInfo]
+    webhook_url: str | None = None
+
+
+class JobFailed(Data):
+    """The job ended with at least one error; `outputs` lists what was still made."""
+
+    job_id: JobId
+    errors: list[ErrorInfo] = Field(min_length=1)
+    outputs: dict[str, OutputInfo] = Field(default_factory=dict)
+    webhook_url: str | None = None
+
+
+DATA_MODELS: Final[dict[str, type[Data]]] = {
+    JOB_REQUESTED: JobRequested,
+    STEP_COMPLETED: StepCompleted,
+    STEP_FAILED: StepFailed,
+    JOB_COMPLETED: JobCompleted,
+    JOB_FAILED: JobFailed,
+    TASK_REQUESTED: TaskRequested,
+}
+
+
+class CloudEvent(BaseModel):
+    """A CloudEvents 1.0 structured-mode JSON event; extension attributes are kept."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    specversion: Literal["1.0"] = "1.0"
+    id: str = Field(min_length=1)
+    source: str = Field(min_length=1)
+    type: str = Field(min_length=1)
+    time: AwareDatetime
+    datacontenttype: Literal["application/json"] = "application/json"
+    data: dict[str, Any]
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json().encode()
+
+    @classmethod
+    def parse(cls, raw: bytes | str) -> CloudEvent:
+        """The event in `raw`; InvalidEvent when it is not a CloudEvent."""
+        try:
+            return cls.model_validate_json(raw)
+        except ValidationError as exc:
+            raise errors.InvalidEvent(describe_errors(exc, "event")) from exc
+
+
+def event_id_for(job_id: str, type: str, step: str | None = None) -> str:
+    """A deterministic id: `job-123.job.completed`, `job-123.step.completed.thumb`."""
+    short = type.removeprefix("pixstream.")
+    return f"{job_id}.{short}" if step is None else f"{job_id}.{short}.{step}"
+
+
+def make_event(
+    type: str,
+    data: Data,
+    *,
+    id: str | None = None,
+    source: str = DEFAULT_SOURCE,
+    time: datetime | None = None,
+) -> CloudEvent:
+    """Wrap `data` in an envelope; the id defaults to the deterministic one for its job/step."""
+    if DATA_MODELS.get(type) is not data.__class__:
+        raise TypeError(f"{data.__class__.__name__} is not the data of {type!r}")
+    if id is None:
+        step = data.steps[0].id if isinstance(data, TaskRequested) else getattr(data, "step", None)
+        id = event_id_for(getattr(data, "job_id", "unknown"), type, step)
+    return CloudEvent(
+        id=id,
+        source=source,
+        type=type,
+        time=time or datetime.now(UTC),
+        data=data.model_dump(mode="json"),
+    )
+
+
+def parse_data(event: CloudEvent) -> Data:
+    """The typed data of an event; InvalidEvent for an unknown type or invalid data."""
+    model = DATA_MODELS.get(event.type)
+    if model is None:
+        raise errors.InvalidEvent(f"type: unknown event type {event.type!r}")
+    try:
+        return model.model_validate(event.data)
+    except ValidationError as exc:
+        raise errors.InvalidEvent(describe_errors(exc, "data")) from exc

@@ -1,0 +1,101 @@
+"""Run a whole plan on one source: decode once, pass images between steps, encode the outputs.
+
+Pure and thread-safe (no shared state), so the worker can run it in a thread pool. A step
+that fails permanently fails alone: its descendants are skipped, other branches complete.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from PIL import Image
+
+from pixstream import errors
+from pixstream.ops import codec
+from pixstream.plan import Plan
+from pixstream.spec import SOURCE
+
+SKIPPED_DEPENDENCY = "skipped_dependency"
+
+
+@dataclass(frozen=True)
+class RenderedOutput:
+    """An encoded output of the job."""
+
+    step: str
+    data: bytes
+    format: str
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class StepFailure:
+    """A step that produced nothing, and why."""
+
+    step: str
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """What render() made of a job: one entry per output, one per failed or skipped step."""
+
+    source_format: str
+    source_size: tuple[int, int]  # oriented, before any draft reduction
+    frames: int
+    outputs: dict[str, RenderedOutput] = field(default_factory=dict)
+    failures: dict[str, StepFailure] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+def render(source: bytes, plan: Plan, *, max_pixels: int, max_frames: int) -> Rendered:
+    """Render every output of `plan`; decode errors raise (the whole job fails with them)."""
+    decoded = codec.decode(
+        source, max_pixels=max_pixels, max_frames=max_frames, draft=plan.draft_size
+    )
+    result = Rendered(decoded.format, decoded.full_size, len(decoded.frames))
+    images: dict[str, list[Image.Image]] = {SOURCE: decoded.frames}
+    # Drop an intermediate image as soon as its last reader has run: memory stays bounded.
+    readers = {sid: len(plan.children(sid)) for sid in (SOURCE, *plan.order)}
+    for sid in plan.order:
+        step = plan.steps[sid]
+        parent = step.input
+        if parent in result.failures:
+            result.failures[sid] = StepFailure(
+                sid, SKIPPED_DEPENDENCY, f"not run: step '{parent}' failed"
+            )
+        else:
+            try:
+                frames = step.op.run(images[parent], step.params)
+                if readers[sid]:
+                    images[sid] = frames
+                else:
+                    result.outputs[sid] = _encode(plan, sid, frames, decoded)
+            except errors.PermanentError as exc:
+                result.failures[sid] = StepFailure(sid, exc.code, exc.message)
+        readers[parent] -= 1
+        if not readers[parent]:
+            images.pop(parent, None)
+    return result
+
+
+def _encode(
+    plan: Plan, step_id: str, frames: list[Image.Image], decoded: codec.Decoded
+) -> RenderedOutput:
+    encoding = plan.encoding(step_id, decoded.format, animated=decoded.animated)
+    data = codec.encode(
+        frames,
+        encoding.format,
+        quality=encoding.quality,
+        lossless=encoding.lossless,
+        speed=encoding.speed,
+        durations=decoded.durations,
+        loop=decoded.loop,
+    )
+    width, height = frames[0].size
+    return RenderedOutput(step_id, data, encoding.format, width, height)

@@ -1,0 +1,125 @@
+"""render(): one decode, images passed between steps, failures isolated to their branch."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from pixstream import errors
+from pixstream.ops import codec
+from pixstream.plan import Plan
+from pixstream.render import render
+from pixstream.settings import DEFAULT_PRESETS
+from pixstream.spec import parse_spec
+from tests.unit.conftest import Images
+
+pytestmark = pytest.mark.unit
+
+LIMITS = {"max_pixels": 50_000_000, "max_frames": 100}
+CONTRACT_SPEC = {
+    "steps": [
+        {"id": "web", "op": "resize", "params": {"width": 1024}},
+        {
+            "id": "webp",
+            "op": "convert",
+            "params": {"format": "webp", "quality": 80},
+            "input": "web",
+        },
+        {"id": "thumb", "op": "thumbnail", "params": {"size": 256}},
+    ]
+}
+
+
+def plan_of(raw: dict[str, Any]) -> Plan:
+    return Plan.from_spec(parse_spec(raw, presets=DEFAULT_PRESETS, max_steps=16))
+
+
+def test_contract_example_from_one_decode(images: Images, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[object] = []
+    real_decode = codec.decode
+
+    def counting_decode(data: bytes, **kwargs: Any) -> codec.Decoded:
+        calls.append(kwargs.get("draft"))
+        return real_decode(data, **kwargs)
+
+    monkeypatch.setattr(codec, "decode", counting_decode)
+    source = images.encode(images.noise((3000, 2000)), "JPEG", quality=90)
+    result = render(source, plan_of(CONTRACT_SPEC), **LIMITS)
+
+    assert len(calls) == 1
+    assert result.ok
+    assert result.source_format == "jpeg"
+    assert result.source_size == (3000, 2000)
+    assert set(result.outputs) == {"webp", "thumb"}
+    webp, thumb = result.outputs["webp"], result.outputs["thumb"]
+    assert (webp.format, webp.width, webp.height) == ("webp", 1024, 683)
+    assert (thumb.format, thumb.width, thumb.height) == ("jpeg", 256, 171)
+    for output in (webp, thumb):
+        opened = Image.open(io.BytesIO(output.data))
+        assert opened.format == output.format.upper()
+        assert opened.size == (output.width, output.height)
+
+
+def test_a_failing_step_skips_its_descendants_only(images: Images) -> None:
+    raw = {
+        "steps": [
+            {
+                "id": "crop",
+                "op": "crop",
+                "params": {"left": 0, "top": 0, "width": 500, "height": 10},
+            },
+            {"id": "small", "op": "thumbnail", "params": {"size": 16}, "input": "crop"},
+            {"id": "smaller", "op": "grayscale", "input": "small"},
+            {"id": "ok", "op": "flip", "params": {"direction": "horizontal"}},
+        ]
+    }
+    result = render(images.encode(images.noise((100, 80)), "PNG"), plan_of(raw), **LIMITS)
+    assert set(result.outputs) == {"ok"}
+    assert result.outputs["ok"].format == "png"
+    assert result.failures["crop"].code == "invalid_params"
+    assert "outside the 100x80 image" in result.failures["crop"].message
+    assert result.failures["small"].code == "skipped_dependency"
+    assert result.failures["smaller"].code == "skipped_dependency"
+    assert not result.ok
+
+
+def test_decode_errors_fail_the_whole_job() -> None:
+    with pytest.raises(errors.UnsupportedFormat):
+        render(b"%PDF-1.4\n", plan_of(CONTRACT_SPEC), **LIMITS)
+
+
+def test_animated_source_is_processed_frame_by_frame(images: Images) -> None:
+    raw = {
+        "steps": [
+            {"id": "gif", "op": "resize", "params": {"width": 20}},
+            {"id": "anim", "op": "convert", "params": {"format": "webp"}, "input": "gif"},
+            {"id": "still", "op": "convert", "params": {"format": "jpeg"}, "input": "gif"},
+        ]
+    }
+    result = render(images.animated_gif(4), plan_of(raw), **LIMITS)
+    for step_id, fmt in (("anim", "WEBP"),):
+        opened = Image.open(io.BytesIO(result.outputs[step_id].data))
+        assert opened.format == fmt
+        assert getattr(opened, "n_frames", 1) == 4
+        assert opened.size == (20, 15)
+    assert result.failures["still"].code == "animation_not_supported"
+    assert result.frames == 4
+
+
+def test_animated_gif_without_convert_stays_gif(images: Images) -> None:
+    raw = {"steps": [{"id": "g", "op": "grayscale"}]}
+    output = render(images.animated_gif(3), plan_of(raw), **LIMITS).outputs["g"]
+    assert output.format == "gif"
+    assert getattr(Image.open(io.BytesIO(output.data)), "n_frames", 1) == 3
+
+
+def test_presets_render(images: Images) -> None:
+    source = images.encode(images.noise((1600, 1200)), "JPEG")
+    for name, steps in DEFAULT_PRESETS.items():
+        result = render(source, plan_of(steps), **LIMITS)
+        assert result.ok, (name, result.failures)
+    avatar = render(source, plan_of({"preset": "avatar"}), **LIMITS).outputs["avatar"]
+    assert (avatar.width, avatar.height) == (256, 256)
