@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import asyncpg
 import pytest
+from pydantic import SecretStr
 
 from pixstream.db.migrate import apply_migrations
 from pixstream.health import check_all
@@ -84,20 +85,41 @@ def template_database(services: Settings) -> str:
     return TEMPLATE_DB
 
 
-@pytest.fixture
-async def database_url(services: Settings, template_database: str) -> AsyncIterator[str]:
+async def create_database(services: Settings, template: str) -> str:
+    """A new database copied from the migrated template; returns its URL."""
     name = unique("pixstream_t_")
     conn = await asyncpg.connect(services.database_url.get_secret_value())
     try:
-        await conn.execute(f"CREATE DATABASE {name} TEMPLATE {template_database}")
+        await conn.execute(f"CREATE DATABASE {name} TEMPLATE {template}")
     finally:
         await conn.close()
-    yield _dsn_for(services, name)
+    return _dsn_for(services, name)
+
+
+async def drop_database(services: Settings, url: str) -> None:
     conn = await asyncpg.connect(services.database_url.get_secret_value())
     try:
-        await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await conn.execute(f"DROP DATABASE IF EXISTS {url.rsplit('/', 1)[1]} WITH (FORCE)")
     finally:
         await conn.close()
+
+
+def isolated(services: Settings, database_url: str, **updates: object) -> Settings:
+    """Settings with their own topic prefix, consumer group and database."""
+    prefix = unique("t")
+    return services.model_copy(update={
+        "topic_prefix": prefix,
+        "app_id": prefix,
+        "database_url": SecretStr(database_url),
+        **updates,
+    })
+
+
+@pytest.fixture
+async def database_url(services: Settings, template_database: str) -> AsyncIterator[str]:
+    url = await create_database(services, template_database)
+    yield url
+    await drop_database(services, url)
 
 
 @pytest.fixture

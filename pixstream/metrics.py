@@ -1,0 +1,72 @@
+"""Prometheus metrics of the ingress and the worker, on the default registry.
+
+Defined once at import (a collector may be registered only once per process); the ingress
+serves them at GET /metrics, the worker updates its own and exposes them the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from prometheus_client import Counter, Gauge, Histogram
+
+# -- ingress ------------------------------------------------------------------------------------
+HTTP_REQUESTS: Final = Counter(
+    "pixstream_http_requests_total",
+    "HTTP requests answered by the ingress, by route template, method and status.",
+    ["route", "method", "status"],
+)
+HTTP_SECONDS: Final = Histogram(
+    "pixstream_http_request_seconds",
+    "Time to answer an HTTP request, by route template and method.",
+    ["route", "method"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+UPLOAD_BYTES: Final = Histogram(
+    "pixstream_upload_bytes",
+    "Size of accepted uploads in bytes.",
+    buckets=(16e3, 64e3, 256e3, 1e6, 4e6, 16e6, 64e6),
+)
+JOBS: Final = Gauge(
+    "pixstream_jobs",
+    "Jobs recorded in PostgreSQL by status (queried at scrape time).",
+    ["status"],
+)
+
+# -- worker ---------------------------------------------------------------------------------------
+OP_SECONDS: Final = Histogram(
+    "pixstream_op_seconds",
+    "Time to run one operation on one image (decode to encode), by op.",
+    ["op"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+TASKS: Final = Counter(
+    "pixstream_tasks_total",
+    "Tasks handled by the op agents, by op and outcome (completed, failed, retried, dead).",
+    ["op", "outcome"],
+)
+RETRIES: Final = Counter(
+    "pixstream_retries_total",
+    "Messages sent to a retry topic, by retry topic.",
+    ["topic"],
+)
+DEAD_LETTERS: Final = Counter(
+    "pixstream_dead_letters_total",
+    "Messages dead-lettered, by original topic and error class.",
+    ["topic", "error"],
+)
+CONSUMER_LAG: Final = Gauge(
+    "pixstream_consumer_lag",
+    "Messages not yet consumed by the worker's group, by topic.",
+    ["topic"],
+)
+WEBHOOK_DELIVERIES: Final = Counter(
+    "pixstream_webhook_deliveries_total",
+    "Webhook delivery attempts by outcome (delivered, retry, failed, gone, refused).",
+    ["outcome"],
+)
+BREAKER_OPEN: Final = Gauge(
+    "pixstream_webhook_breaker_open",
+    "1 while the circuit breaker of a webhook destination host is open.",
+    ["host"],
+)

@@ -1,0 +1,65 @@
+"""The pipeline under test: a `pixstream worker` process with its own topics, consumer group
+and database. A module shares one (Faust takes seconds to join a group); tests that kill or
+starve a worker start their own with `running_pipeline`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pixstream.settings import Settings
+from pixstream.topics import apply_topics, load_topics
+from tests.conftest import create_database, drop_database, isolated
+from tests.harness import EventWatcher, WorkerProcess, submit
+
+STARTUP_SECONDS = 90.0
+
+
+@dataclass
+class Pipeline:
+    settings: Settings
+    worker: WorkerProcess
+    watcher: EventWatcher
+
+    def restart_worker(self) -> None:
+        self.worker = WorkerProcess(self.settings, self.worker.log_path, *self.worker.args,
+                                    **{k: v for k, v in self.worker.env.items()
+                                       if k.startswith("PIXSTREAM_")}).start()
+
+
+@asynccontextmanager
+async def running_pipeline(
+    services: Settings, template: str, workdir: Path, *worker_args: str, **updates: Any
+) -> AsyncIterator[Pipeline]:
+    """A database, declared topics, a running worker and a watcher; all gone afterwards."""
+    url = await create_database(services, template)
+    settings = isolated(services, url, **updates)
+    await apply_topics(settings.kafka_bootstrap, load_topics(settings))
+    worker = WorkerProcess(settings, workdir / f"worker-{settings.topic_prefix}.log",
+                           *worker_args).start()
+    pipeline = Pipeline(settings, worker, EventWatcher(settings))
+    try:
+        async with pipeline.watcher.running():
+            probe = await submit(settings)  # the worker is ready once a job goes through
+            try:
+                await pipeline.watcher.wait_terminal([probe], STARTUP_SECONDS)
+            except AssertionError:
+                pytest.fail(f"the worker did not process a job:\n{pipeline.worker.log()}")
+            yield pipeline
+    finally:
+        pipeline.worker.stop()
+        await drop_database(services, url)
+
+
+@pytest.fixture(scope="module")
+async def pipeline(
+    services: Settings, template_database: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Pipeline]:
+    async with running_pipeline(services, template_database,
+                                tmp_path_factory.mktemp("pipeline")) as running:
+        yield running
