@@ -176,3 +176,46 @@ def ingress(settings: Settings, host: str | None, port: int | None) -> None:
     # run_app turns SIGINT and SIGTERM into a graceful shutdown: it stops accepting, waits
     # up to shutdown_timeout for in-flight requests, then runs the cleanup contexts.
     web.run_app(create_app(settings), host=host, port=port, shutdown_timeout=15, print=None)
+
+
+@main.group()
+def dlq() -> None:
+    """Dead letters: records that could not be processed, with their context."""
+
+
+@dlq.command("list")
+@click.pass_obj
+def dlq_list(settings: Settings) -> None:
+    """Show every dead letter: id, time, key, origin, attempts and error."""
+    from pixstream.dlq import read_dead_letters
+
+    letters = _run(read_dead_letters(settings))
+    for letter in letters:
+        click.echo(letter.summary())
+    click.echo(f"{len(letters)} dead letter(s) in {settings.topic('dlq')}")
+
+
+@dlq.command("replay")
+@click.option("--id", "ids", multiple=True, help="A dead letter id (partition:offset); repeatable.")
+@click.option("--all", "replay_all", is_flag=True, help="Every dead letter not replayed yet.")
+@click.option("--dry-run", is_flag=True, help="Show what would be replayed, send nothing.")
+@click.pass_obj
+def dlq_replay(settings: Settings, ids: tuple[str, ...], replay_all: bool, dry_run: bool) -> None:
+    """Re-drive dead letters to their original topics, each at most once."""
+    from pixstream.dlq import read_dead_letters, replay
+
+    if bool(ids) == replay_all:
+        raise click.UsageError("give --id (one or more) or --all")
+    letters = _run(read_dead_letters(settings))
+    if ids:
+        known = {d.id: d for d in letters}
+        missing = [i for i in ids if i not in known]
+        if missing:
+            raise click.ClickException(f"no dead letter with id {', '.join(missing)}")
+        letters = [known[i] for i in ids]
+    results = _run(replay(settings, letters, dry_run=dry_run))
+    verb = "would replay" if dry_run else "replayed"
+    for letter, replayed in results:
+        state = f"{verb} to {letter.original_topic}" if replayed else "already replayed, skipped"
+        click.echo(f"{letter.id:<8} {state}")
+    click.echo(f"{sum(r for _, r in results)} {verb}, {sum(not r for _, r in results)} skipped")
