@@ -130,6 +130,68 @@ def schemas_write(directory: Path) -> None:
 
 
 @main.command()
+@click.option("--processes", default=2, show_default=True, help="Worker processes.")
+@click.pass_obj
+def dev(settings: Settings, processes: int) -> None:
+    """Everything local: the stack, topics, migrations, the ingress and the workers."""
+    from pixstream.dev import run_dev
+    from pixstream.stack.base import StackError
+
+    try:
+        sys.exit(run_dev(settings, processes))
+    except StackError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@main.command()
+@click.argument(
+    "files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+@click.option(
+    "--steps",
+    "spec_file",
+    type=click.Path(exists=True, path_type=Path),
+    help='A job spec JSON file ({"steps": [...]}).',
+)
+@click.option("--preset", help="A preset name instead of --steps (see GET /v1/presets).")
+@click.option("--wait", is_flag=True, help="Follow the jobs until they finish.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Download the outputs here (implies --wait).",
+)
+@click.option("--url", "base_url", help="The ingress (default: from PIXSTREAM_HTTP_*).")
+@click.pass_obj
+def submit(
+    settings: Settings,
+    files: tuple[Path, ...],
+    spec_file: Path | None,
+    preset: str | None,
+    wait: bool,
+    out: Path | None,
+    base_url: str | None,
+) -> None:
+    """Submit images with a spec, show progress, download outputs."""
+    import json
+
+    from pixstream.client import SubmitError, submit_files
+
+    if bool(spec_file) == bool(preset):
+        raise click.UsageError("give --steps SPEC.json or --preset NAME")
+    spec = json.loads(spec_file.read_text()) if spec_file else {"preset": preset}
+    url = base_url or f"http://{settings.http_host}:{settings.http_port}"
+    try:
+        failed = _run(
+            submit_files(
+                url, list(files), spec, wait=wait or out is not None, out=out, echo=click.echo
+            )
+        )
+    except SubmitError as exc:
+        raise click.ClickException(str(exc)) from exc
+    sys.exit(1 if failed else 0)
+
+
+@main.command()
 @click.pass_obj
 def health(settings: Settings) -> None:
     """Deep check of Kafka, PostgreSQL and S3; exit 0 only when all answer."""
