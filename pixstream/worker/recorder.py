@@ -29,6 +29,9 @@ async def record_event(res: Resources, record: Record) -> None:
             async with res.pool.acquire() as conn:
                 await apply_event(conn, event)
             return
+        except errors.InvalidEvent as exc:
+            log.warning("event not recorded: %s", exc, extra={"job_id": record.key_text})
+            return  # the tracker dead-letters it
         except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
             # PostgreSQL is down: wait for it rather than let Faust acknowledge the event.
             if res.should_stop:

@@ -59,7 +59,8 @@ async def test_fan_out_dag_completes_with_every_output(pipeline: Pipeline) -> No
     assert (thumb.format, max(thumb.size)) == ("JPEG", 256)
     assert outputs["webp"]["key"] == f"processed/{job}/webp.webp"
     assert await _keys(pipeline, f"processed/{job}/") == sorted(
-        [f"processed/{job}/webp.webp", f"processed/{job}/thumb.jpg"])
+        [f"processed/{job}/webp.webp", f"processed/{job}/thumb.jpg"]
+    )
     steps = {e.data["step"] for e in pipeline.watcher.of_type(job, STEP_COMPLETED)}
     assert steps == {"web", "webp", "thumb"}
 
@@ -75,21 +76,27 @@ async def test_job_is_recorded_in_postgres(pipeline: Pipeline) -> None:
 
     try:
         await wait_until(recorded, within=20)
-        row = await conn.fetchrow("SELECT status, steps_total, source_key FROM jobs "
-                                  "WHERE job_id = $1", job)
+        row = await conn.fetchrow(
+            "SELECT status, steps_total, source_key FROM jobs WHERE job_id = $1", job
+        )
     finally:
         await conn.close()
     assert row is not None
-    assert dict(row) == {"status": "completed", "steps_total": 3,
-                         "source_key": f"raw/{job}/source.jpg"}
+    assert dict(row) == {
+        "status": "completed",
+        "steps_total": 3,
+        "source_key": f"raw/{job}/source.jpg",
+    }
 
 
 async def test_a_task_delivered_twice_has_one_effect(pipeline: Pipeline) -> None:
     job = await submit(pipeline.settings)
     await pipeline.watcher.wait_terminal([job])
     # Redeliver the very task the planner sent, as Kafka would after a crash.
-    task = make_event(TASK_REQUESTED, TaskRequested(
-        job_id=job, source_key=f"raw/{job}/source.jpg", steps=CONTRACT_STEPS))
+    task = make_event(
+        TASK_REQUESTED,
+        TaskRequested(job_id=job, source_key=f"raw/{job}/source.jpg", steps=CONTRACT_STEPS),
+    )
     await produce(pipeline.settings, "op.resize", task.to_bytes(), job)
     marker = await submit(pipeline.settings)  # same topics, processed after the duplicate
     await pipeline.watcher.wait_terminal([marker])
@@ -114,14 +121,26 @@ async def test_missing_source_and_bad_spec_fail_with_codes(pipeline: Pipeline) -
     from tests.harness import job_requested, new_job_id
 
     missing = new_job_id()
-    await produce(pipeline.settings, "jobs",
-                  job_requested(missing, f"raw/{missing}/nothing.jpg").to_bytes(), missing)
+    await produce(
+        pipeline.settings,
+        "jobs",
+        job_requested(missing, f"raw/{missing}/nothing.jpg").to_bytes(),
+        missing,
+    )
     cyclic = new_job_id()
     key = await put_source(pipeline.settings, cyclic, jpeg_bytes((64, 64)))
-    event = job_requested(cyclic, key).model_copy(update={"data": {
-        "job_id": cyclic, "source": {"key": key},
-        "steps": [{"id": "a", "op": "blur", "params": {"radius": 1}, "input": "b"},
-                  {"id": "b", "op": "blur", "params": {"radius": 1}, "input": "a"}]}})
+    event = job_requested(cyclic, key).model_copy(
+        update={
+            "data": {
+                "job_id": cyclic,
+                "source": {"key": key},
+                "steps": [
+                    {"id": "a", "op": "blur", "params": {"radius": 1}, "input": "b"},
+                    {"id": "b", "op": "blur", "params": {"radius": 1}, "input": "a"},
+                ],
+            }
+        }
+    )
     await produce(pipeline.settings, "jobs", event.to_bytes(), cyclic)
     await pipeline.watcher.wait_terminal([missing, cyclic])
 
@@ -135,14 +154,20 @@ async def test_missing_source_and_bad_spec_fail_with_codes(pipeline: Pipeline) -
 
 
 async def test_garbage_goes_to_the_dlq_and_the_next_job_completes(pipeline: Pipeline) -> None:
-    await produce(pipeline.settings, "jobs", b"\x00not json at all\xff", "garbage-1",
-                  headers=[("origin", b"fuzzer")])
+    await produce(
+        pipeline.settings,
+        "jobs",
+        b"\x00not json at all\xff",
+        "garbage-1",
+        headers=[("origin", b"fuzzer")],
+    )
     job = await submit(pipeline.settings)
     await pipeline.watcher.wait_terminal([job])
     assert pipeline.watcher.of_type(job, JOB_COMPLETED)
 
-    async with open_consumer(pipeline.settings, pipeline.settings.topic("dlq"),
-                             group_id=None) as consumer:
+    async with open_consumer(
+        pipeline.settings, pipeline.settings.topic("dlq"), group_id=None
+    ) as consumer:
         batch = await consumer.getmany(timeout_ms=10_000)
     records = [r for rs in batch.values() for r in rs if r.key == b"garbage-1"]
     assert len(records) == 1

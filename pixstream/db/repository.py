@@ -1,0 +1,403 @@
+"""The job records in PostgreSQL: what the ingress writes, what the API reads, and the
+projection of the lifecycle events (`apply_event`) the recorder agent runs.
+
+Every write is an idempotent upsert, so replaying or reordering events never changes the
+result. JSON goes in as text (`$n::text::jsonb`) and comes out as text (`col::text`), so these
+functions work on any asyncpg connection whatever jsonb codec its pool has installed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any, Final
+
+import asyncpg
+
+from pixstream import errors
+from pixstream.events import (
+    JOB_COMPLETED,
+    JOB_FAILED,
+    JOB_REQUESTED,
+    STEP_COMPLETED,
+    STEP_FAILED,
+    CloudEvent,
+    JobCompleted,
+    JobFailed,
+    JobRequested,
+    OutputInfo,
+    SourceKey,
+    StepCompleted,
+    StepFailed,
+    parse_data,
+)
+
+QUEUED: Final = "queued"
+PROCESSING: Final = "processing"
+COMPLETED: Final = "completed"
+FAILED: Final = "failed"
+STATUSES: Final = (QUEUED, PROCESSING, COMPLETED, FAILED)
+TERMINAL: Final = frozenset({COMPLETED, FAILED})
+_RANK: Final = {QUEUED: 0, PROCESSING: 1, COMPLETED: 2, FAILED: 2}
+
+#: An Idempotency-Key names its job for this long; after that the key may be reused.
+IDEMPOTENCY_TTL_SECONDS: Final = 24 * 3600
+
+
+class IdempotencyKeyReused(errors.PermanentError):
+    """The Idempotency-Key was already used for a different request."""
+
+    code = "idempotency_key_reused"
+
+
+# -- SQL ----------------------------------------------------------------------------------------
+INSERT_JOB: Final = """
+INSERT INTO jobs (job_id, status, steps_total, spec, source_key, webhook_url)
+VALUES ($1, 'queued', $2, $3::text::jsonb, $4, $5)
+"""
+
+# A key older than the TTL is taken over by the new request, as if it had never been used.
+# A concurrent claim of the same key waits here on the unique index until the first
+# transaction commits (then it sees the row) or rolls back (then it inserts its own).
+CLAIM_IDEMPOTENCY_KEY: Final = """
+INSERT INTO idempotency_keys (key, request_hash, job_id)
+VALUES ($1, $2, $3)
+ON CONFLICT (key) DO UPDATE
+    SET request_hash = EXCLUDED.request_hash, job_id = EXCLUDED.job_id, created_at = now()
+    WHERE idempotency_keys.created_at < now() - make_interval(secs => $4)
+RETURNING job_id
+"""
+
+SELECT_IDEMPOTENCY_KEY: Final = """
+SELECT job_id, request_hash FROM idempotency_keys WHERE key = $1
+"""
+
+_JOB_COLUMNS: Final = """
+job_id, status, steps_total, spec::text AS spec, source_key, webhook_url, steps::text AS steps,
+job_error::text AS job_error, created_at, updated_at, finished_at
+"""
+
+SELECT_JOB: Final = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = $1"
+SELECT_JOB_FOR_UPDATE: Final = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = $1 FOR UPDATE"
+
+# job.requested: a new row; or the details of a placeholder row that a step or terminal event
+# created when it overtook its job.requested (steps_total = 0 marks one: a real job has steps).
+RECORD_REQUESTED: Final = """
+INSERT INTO jobs (job_id, status, steps_total, spec, source_key, webhook_url,
+                  created_at, updated_at)
+VALUES ($1, 'queued', $2, $3::text::jsonb, $4, $5, $6, $6)
+ON CONFLICT (job_id) DO UPDATE
+    SET steps_total = EXCLUDED.steps_total, spec = EXCLUDED.spec,
+        source_key = EXCLUDED.source_key, webhook_url = EXCLUDED.webhook_url,
+        created_at = LEAST(jobs.created_at, EXCLUDED.created_at)
+    WHERE jobs.steps_total = 0
+"""
+
+INSERT_PLACEHOLDER: Final = """
+INSERT INTO jobs (job_id, status, steps_total, spec, created_at, updated_at)
+VALUES ($1, 'queued', 0, '{}'::jsonb, $2, $2)
+ON CONFLICT (job_id) DO NOTHING
+"""
+
+UPDATE_PROJECTION: Final = """
+UPDATE jobs
+SET status = $2, steps = $3::text::jsonb, job_error = $4::text::jsonb, finished_at = $5,
+    updated_at = GREATEST(updated_at, $6)
+WHERE job_id = $1
+"""
+
+SELECT_WEBHOOK_STATUS: Final = """
+SELECT state, attempts, last_status, last_error, delivered_at, next_attempt_at
+FROM webhook_deliveries WHERE job_id = $1
+ORDER BY created_at DESC, event_id DESC LIMIT 1
+"""
+
+COUNT_JOBS_BY_STATUS: Final = "SELECT status, count(*) AS n FROM jobs GROUP BY status"
+
+
+# -- records ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class JobRecord:
+    """A row of `jobs`, with its JSON columns decoded."""
+
+    job_id: str
+    status: str
+    steps_total: int
+    spec: dict[str, Any]
+    source_key: str | None
+    webhook_url: str | None
+    steps: dict[str, dict[str, Any]]
+    job_error: dict[str, Any] | None
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> JobRecord:
+        return cls(
+            job_id=row["job_id"],
+            status=row["status"],
+            steps_total=row["steps_total"],
+            spec=json.loads(row["spec"]),
+            source_key=row["source_key"],
+            webhook_url=row["webhook_url"],
+            steps=json.loads(row["steps"]),
+            job_error=json.loads(row["job_error"]) if row["job_error"] is not None else None,
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+            finished_at=row["finished_at"],
+        )
+
+    @property
+    def steps_done(self) -> int:
+        """Steps with a result (completed, or failed including skipped after a failed input)."""
+        return len(self.steps)
+
+    @property
+    def outputs(self) -> dict[str, OutputInfo]:
+        """The outputs made so far, in spec order where the spec knows the step."""
+        made = {
+            sid: OutputInfo.model_validate(entry["output"])
+            for sid, entry in self.steps.items()
+            if entry.get("status") == COMPLETED and entry.get("output")
+        }
+        order = [s["id"] for s in self.spec.get("steps", []) if s.get("id") in made]
+        return {sid: made[sid] for sid in [*order, *sorted(set(made) - set(order))]}
+
+    def errors(self) -> list[dict[str, Any]]:
+        """The job-level error first, then each failed step's, in spec order."""
+        found: list[dict[str, Any]] = []
+        if self.job_error is not None:
+            found.append({"step": None, **self.job_error})
+        order = [s["id"] for s in self.spec.get("steps", [])]
+        failed = [sid for sid, e in self.steps.items() if e.get("status") == FAILED]
+        for sid in sorted(failed, key=lambda s: order.index(s) if s in order else len(order)):
+            entry = self.steps[sid]
+            found.append({"step": sid, "code": entry.get("code"), "message": entry.get("message")})
+        return found
+
+
+@dataclass(frozen=True)
+class WebhookStatus:
+    """The delivery of a job's terminal event to its webhook_url."""
+
+    state: str
+    attempts: int
+    last_status_code: int | None
+    last_error: str | None
+    delivered_at: datetime | None
+    next_attempt_at: datetime | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "attempts": self.attempts,
+            "last_status_code": self.last_status_code,
+            "last_error": self.last_error,
+            "delivered_at": self.delivered_at.isoformat() if self.delivered_at else None,
+            "next_attempt_at": (
+                self.next_attempt_at.isoformat()
+                if self.next_attempt_at and self.state == "pending"
+                else None
+            ),
+        }
+
+
+# -- pool ---------------------------------------------------------------------------------------
+@asynccontextmanager
+async def open_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> AsyncIterator[Any]:
+    """An asyncpg pool, closed on exit; `command_timeout` bounds every statement."""
+    pool = await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, command_timeout=10)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+# -- the ingress's writes ---------------------------------------------------------------------
+async def create_job(
+    conn: Any,
+    *,
+    job_id: str,
+    spec_json: str,
+    steps_total: int,
+    source_key: str | None,
+    webhook_url: str | None,
+) -> None:
+    """Insert a queued job; the recorder's later job.requested for it then changes nothing."""
+    await conn.execute(INSERT_JOB, job_id, steps_total, spec_json, source_key, webhook_url)
+
+
+async def claim_idempotency_key(
+    conn: Any, key: str, request_hash: str, job_id: str
+) -> tuple[str, bool]:
+    """Bind `key` to `job_id`, or return the job it already names: (job_id, created).
+
+    Run it inside the transaction that creates the job, so a concurrent duplicate blocks on the
+    key until that transaction ends. IdempotencyKeyReused when the key names another request.
+    """
+    claimed = await conn.fetchval(CLAIM_IDEMPOTENCY_KEY, key, request_hash, job_id,
+                                  float(IDEMPOTENCY_TTL_SECONDS))  # fmt: skip
+    if claimed is not None:
+        return str(claimed), True
+    row = await conn.fetchrow(SELECT_IDEMPOTENCY_KEY, key)
+    if row is None:  # cannot happen inside one transaction; a clear error if it ever does
+        raise errors.TransientError(f"Idempotency-Key {key!r} vanished while being claimed")
+    if row["request_hash"] != request_hash:
+        raise IdempotencyKeyReused(
+            f"Idempotency-Key {key!r} was used within the last 24 h for a different request "
+            f"(job {row['job_id']}); use a new key for a new request"
+        )
+    return str(row["job_id"]), False
+
+
+# -- reads --------------------------------------------------------------------------------------
+async def get_job(conn: Any, job_id: str) -> JobRecord | None:
+    row = await conn.fetchrow(SELECT_JOB, job_id)
+    return JobRecord.from_row(row) if row is not None else None
+
+
+async def webhook_status(conn: Any, job_id: str) -> WebhookStatus | None:
+    """The latest webhook delivery of the job, or None when it has none (yet)."""
+    row = await conn.fetchrow(SELECT_WEBHOOK_STATUS, job_id)
+    if row is None:
+        return None
+    return WebhookStatus(
+        state=row["state"],
+        attempts=row["attempts"],
+        last_status_code=row["last_status"],
+        last_error=row["last_error"],
+        delivered_at=row["delivered_at"],
+        next_attempt_at=row["next_attempt_at"],
+    )
+
+
+async def count_jobs_by_status(conn: Any) -> dict[str, int]:
+    counts = {status: 0 for status in STATUSES}
+    for row in await conn.fetch(COUNT_JOBS_BY_STATUS):
+        counts[row["status"]] = int(row["n"])
+    return counts
+
+
+# -- the projection -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Progress:
+    """The part of a job row that events change."""
+
+    status: str
+    steps: dict[str, dict[str, Any]]
+    job_error: dict[str, Any] | None
+    finished_at: datetime | None
+
+
+def advance(current: str, target: str) -> str:
+    """Status only moves forward; a terminal status is final."""
+    if current in TERMINAL:
+        return current
+    return target if _RANK[target] > _RANK[current] else current
+
+
+StepEvent = StepCompleted | StepFailed
+TerminalEvent = JobCompleted | JobFailed
+
+
+def _completed(op: str, output: OutputInfo | None) -> dict[str, Any]:
+    entry: dict[str, Any] = {"status": COMPLETED, "op": op}
+    if output is not None:
+        entry["output"] = output.model_dump(mode="json", exclude={"url"})
+    return entry
+
+
+def _failed(op: str, code: str, message: str) -> dict[str, Any]:
+    return {"status": FAILED, "op": op, "code": code, "message": message}
+
+
+def _record(steps: dict[str, dict[str, Any]], step: str, entry: dict[str, Any]) -> None:
+    """Keep the first result of a step; only fill in an output it was recorded without."""
+    current = steps.setdefault(step, entry)
+    if "output" in entry and "output" not in current and current["status"] == COMPLETED:
+        steps[step] = {**current, "output": entry["output"]}
+
+
+def project(
+    state: Progress, data: StepEvent | TerminalEvent, time: datetime, spec: Mapping[str, Any]
+) -> Progress:
+    """The state after one step or terminal event (pure). A step's first result is kept and
+    status only moves forward, so a redelivered or late event changes nothing."""
+    steps = dict(state.steps)
+    if isinstance(data, StepCompleted):
+        _record(steps, data.step, _completed(data.op, data.output))
+        return replace(state, status=advance(state.status, PROCESSING), steps=steps)
+    if isinstance(data, StepFailed):
+        _record(steps, data.step, _failed(data.op, data.code, data.message))
+        return replace(state, status=advance(state.status, PROCESSING), steps=steps)
+    # A terminal event lists outputs and errors; the step events may not be recorded yet.
+    ops = {s.get("id"): s.get("op", "") for s in spec.get("steps", [])}
+    for step, output in data.outputs.items():
+        _record(steps, step, _completed(ops.get(step, ""), output))
+    job_error = state.job_error
+    if isinstance(data, JobFailed):
+        for error in data.errors:
+            if error.step is not None:
+                _record(
+                    steps, error.step, _failed(ops.get(error.step, ""), error.code, error.message)
+                )
+            elif job_error is None:
+                job_error = {"code": error.code, "message": error.message}
+    status = advance(state.status, COMPLETED if isinstance(data, JobCompleted) else FAILED)
+    finished_at = state.finished_at or (time if status in TERMINAL else None)
+    return Progress(status, steps, job_error, finished_at)
+
+
+async def apply_event(conn: Any, event: CloudEvent) -> None:
+    """Project one lifecycle event onto `jobs`; idempotent and safe in any order.
+
+    Handles job.requested, step.completed, step.failed, job.completed and job.failed; other
+    types are ignored. InvalidEvent when the data does not match its type. Runs in its own
+    transaction (a savepoint when the caller already has one).
+    """
+    if event.type not in {JOB_REQUESTED, STEP_COMPLETED, STEP_FAILED, JOB_COMPLETED, JOB_FAILED}:
+        return
+    data = parse_data(event)
+    if isinstance(data, JobRequested):
+        await _record_requested(conn, data, event.time)
+        return
+    if not isinstance(data, StepEvent | TerminalEvent):
+        return
+    job_id = data.job_id
+    async with conn.transaction():
+        await conn.execute(INSERT_PLACEHOLDER, job_id, event.time)
+        row = await conn.fetchrow(SELECT_JOB_FOR_UPDATE, job_id)
+        job = JobRecord.from_row(row)
+        before = Progress(job.status, job.steps, job.job_error, job.finished_at)
+        after = project(before, data, event.time, job.spec)
+        if after == before:
+            return
+        await conn.execute(
+            UPDATE_PROJECTION,
+            job_id,
+            after.status,
+            json.dumps(after.steps),
+            json.dumps(after.job_error) if after.job_error is not None else None,
+            after.finished_at,
+            event.time,
+        )
+
+
+async def _record_requested(conn: Any, data: JobRequested, time: datetime) -> None:
+    spec: dict[str, Any] = {"steps": [s.model_dump(mode="json") for s in data.steps]}
+    if data.webhook_url is not None:
+        spec["webhook_url"] = data.webhook_url
+    source_key = data.source.key if isinstance(data.source, SourceKey) else None
+    await conn.execute(
+        RECORD_REQUESTED,
+        data.job_id,
+        len(data.steps),
+        json.dumps(spec),
+        source_key,
+        data.webhook_url,
+        time,
+    )

@@ -1,0 +1,292 @@
+"""The HTTP handlers and the routing table of the ingress.
+
+POST /v1/jobs is the only write: validate everything first, then claim the idempotency key,
+insert the row, store the upload and publish job.requested inside one PostgreSQL transaction,
+so a failure anywhere leaves no row without its event (and a concurrent duplicate waits).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import re
+import uuid
+from datetime import UTC, datetime, timedelta
+from importlib import resources
+from pathlib import Path
+from typing import Any, Final
+
+import asyncpg
+from aiohttp import web
+from aiokafka.errors import KafkaError
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from pixstream import kafka, netguard
+from pixstream.db import repository
+from pixstream.errors import TransientError
+from pixstream.events import JOB_REQUESTED, JobRequested, SourceKey, make_event
+from pixstream.health import check_all
+from pixstream.ingress import openapi
+from pixstream.ingress.keys import KAFKA_TIMEOUT, LIMITER, POOL, PRODUCER, SETTINGS, STORAGE
+from pixstream.ingress.models import (
+    ErrorView,
+    JobAccepted,
+    JobLinks,
+    JobView,
+    OperationInfo,
+    OperationList,
+    OutputView,
+    PresetInfo,
+    PresetList,
+    Progress,
+    WebhookView,
+)
+from pixstream.ingress.problems import BadRequest, NotFound, RateLimited
+from pixstream.ingress.upload import Upload, read_upload
+from pixstream.metrics import JOBS, UPLOAD_BYTES
+from pixstream.ops import catalogue
+from pixstream.plan import Plan
+from pixstream.spec import ID_PATTERN, JobSpec, parse_spec
+
+log = logging.getLogger(__name__)
+
+STATIC: Final = Path(str(resources.files("pixstream.ingress") / "static"))
+STATIC_FILES: Final = frozenset({"index.html", "app.js"})
+#: Seconds to wait for a PostgreSQL connection from the pool before answering 503.
+DB_ACQUIRE_TIMEOUT: Final = 5.0
+SEND_MARGIN: Final = 2.0
+_IDEMPOTENCY_KEY: Final = re.compile(r"^[\x21-\x7e]{1,255}$")  # visible ASCII, like a token
+_JOB_ID: Final = re.compile(ID_PATTERN)
+_DB_ERRORS: Final = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+
+
+def _json(model: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        status=status,
+        text=model.model_dump_json(by_alias=True),
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+# -- POST /v1/jobs ------------------------------------------------------------------------------
+async def post_job(request: web.Request) -> web.Response:
+    app = request.app
+    settings = app[SETTINGS]
+    wait = app[LIMITER].acquire(request.remote or "unknown")
+    if wait:
+        raise RateLimited(
+            f"more than {settings.rate_limit_per_minute} jobs per minute from this client",
+            retry_after=wait,
+        )
+    idempotency_key = request.headers.get("Idempotency-Key")
+    if idempotency_key is not None and not _IDEMPOTENCY_KEY.match(idempotency_key):
+        raise BadRequest("Idempotency-Key must be 1 to 255 visible ASCII characters")
+    upload = await read_upload(request, max_bytes=settings.max_upload_bytes)
+    spec = parse_spec(upload.spec, presets=settings.presets, max_steps=settings.max_steps)
+    if spec.webhook_url is not None:
+        netguard.check_url(spec.webhook_url, allow_private=settings.webhook_allow_private)
+
+    job_id = await _accept(app, upload, spec, idempotency_key)
+    location = f"/v1/jobs/{job_id}"
+    body = JobAccepted(job_id=job_id, links=JobLinks(self_=location))
+    return _json(body, 202, headers={"Location": location})
+
+
+def spec_json(spec: JobSpec) -> str:
+    """The canonical JSON of a parsed spec: the stored form, and half of the request hash."""
+    return json.dumps(
+        spec.model_dump(mode="json", exclude_none=True), sort_keys=True, separators=(",", ":")
+    )
+
+
+def request_hash(data: bytes, canonical_spec: str) -> str:
+    """What makes two submissions the same request: the file's bytes and the parsed spec."""
+    digest = hashlib.sha256()
+    digest.update(hashlib.sha256(data).digest())
+    digest.update(canonical_spec.encode())
+    return digest.hexdigest()
+
+
+async def _accept(
+    app: web.Application, upload: Upload, spec: JobSpec, idempotency_key: str | None
+) -> str:
+    """Record, store and publish the job atomically; the id of the (possibly earlier) job."""
+    job_id = uuid.uuid4().hex
+    key = Plan.raw_key(job_id, upload.format)
+    canonical = spec_json(spec)
+    event = make_event(
+        JOB_REQUESTED,
+        JobRequested(
+            job_id=job_id,
+            steps=list(spec.steps),
+            webhook_url=spec.webhook_url,
+            source=SourceKey(key=key),
+        ),
+    )
+    try:
+        async with app[POOL].acquire(timeout=DB_ACQUIRE_TIMEOUT) as conn, conn.transaction():
+            if idempotency_key is not None:
+                claimed, created = await repository.claim_idempotency_key(
+                    conn, idempotency_key, request_hash(upload.data, canonical), job_id
+                )
+                if not created:
+                    return claimed
+            await repository.create_job(
+                conn,
+                job_id=job_id,
+                spec_json=canonical,
+                steps_total=len(spec.steps),
+                source_key=key,
+                webhook_url=spec.webhook_url,
+            )
+            await app[STORAGE].put(key, upload.data, upload.content_type)
+            await _publish(app, job_id, event.to_bytes())
+            # Leaving the block commits. Should the commit itself fail after the send, the
+            # event exists without a row: the recorder then makes the row from the event, so
+            # the job is still processed and visible (a 503 can then mean "maybe accepted").
+    except _DB_ERRORS as exc:
+        raise TransientError(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
+    UPLOAD_BYTES.observe(len(upload.data))
+    log.info("job accepted", extra={"job_id": job_id, "format": upload.format})
+    return job_id
+
+
+async def _publish(app: web.Application, job_id: str, value: bytes) -> None:
+    timeout = app[KAFKA_TIMEOUT]
+    topic = app[SETTINGS].topic("jobs")
+    try:
+        # The producer fails the batch itself after `timeout` (its request_timeout_ms), so the
+        # message can never be delivered later; the margin only guards against a stuck client.
+        await asyncio.wait_for(
+            kafka.send(app[PRODUCER], topic, value, key=job_id), timeout + SEND_MARGIN
+        )
+    except (KafkaError, TimeoutError) as exc:
+        raise TransientError(
+            f"Kafka did not acknowledge the job on {topic} within {timeout:g}s "
+            f"({type(exc).__name__})"
+        ) from exc
+
+
+# -- GET /v1/jobs/{job_id} ----------------------------------------------------------------------
+async def get_job(request: web.Request) -> web.Response:
+    app = request.app
+    job_id = request.match_info["job_id"]
+    if not _JOB_ID.match(job_id):
+        raise NotFound(f"no job {job_id!r} (job ids are 1-64 letters, digits, '-' or '_')")
+    try:
+        async with app[POOL].acquire(timeout=DB_ACQUIRE_TIMEOUT) as conn:
+            job = await repository.get_job(conn, job_id)
+            hook = await repository.webhook_status(conn, job_id) if job is not None else None
+    except _DB_ERRORS as exc:
+        raise TransientError(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
+    if job is None:
+        raise NotFound(f"no job {job_id!r}")
+    view = job_view(job, hook, app, now=datetime.now(UTC))
+    return _json(view, headers={"Cache-Control": "no-cache"})
+
+
+def job_view(
+    job: repository.JobRecord,
+    hook: repository.WebhookStatus | None,
+    app: web.Application,
+    *,
+    now: datetime,
+) -> JobView:
+    settings = app[SETTINGS]
+    storage = app[STORAGE]
+    expires_at = job.created_at + timedelta(seconds=settings.retention_seconds)
+    expired = now >= expires_at
+    outputs = {
+        step: OutputView(
+            # No dead links: past retention the objects are gone, so no URL is offered.
+            url=None if expired else storage.presigned_url(out.key, now=now.timestamp()),
+            key=out.key,
+            format=out.format,
+            width=out.width,
+            height=out.height,
+            bytes=out.bytes,
+        )
+        for step, out in job.outputs.items()
+    }
+    return JobView(
+        job_id=job.job_id,
+        status=job.status,
+        created_at=job.created_at,
+        updated_at=job.updated_at,
+        expires_at=expires_at,
+        expired=expired,
+        progress=Progress(steps_total=job.steps_total, steps_done=job.steps_done),
+        outputs=outputs,
+        errors=[ErrorView.model_validate(e) for e in job.errors()],
+        webhook=WebhookView.model_validate(hook.as_dict()) if hook is not None else None,
+    )
+
+
+# -- catalogue, presets, documents --------------------------------------------------------------
+async def get_operations(request: web.Request) -> web.Response:
+    ops = OperationList(operations=[OperationInfo.model_validate(op) for op in catalogue()])
+    return _json(ops)
+
+
+async def get_presets(request: web.Request) -> web.Response:
+    presets = request.app[SETTINGS].presets
+    body = PresetList(
+        presets=[PresetInfo(name=name, steps=list(p["steps"])) for name, p in presets.items()]
+    )
+    return _json(body)
+
+
+async def get_openapi(request: web.Request) -> web.Response:
+    return web.json_response(openapi.document())
+
+
+async def get_health(request: web.Request) -> web.Response:
+    report = await check_all(request.app[SETTINGS])
+    return web.json_response(report.as_dict(), status=200 if report.ok else 503)
+
+
+async def get_metrics(request: web.Request) -> web.Response:
+    try:
+        async with request.app[POOL].acquire(timeout=DB_ACQUIRE_TIMEOUT) as conn:
+            counts = await repository.count_jobs_by_status(conn)
+    except _DB_ERRORS as exc:
+        # The process metrics are still worth scraping; the job gauge keeps its last value.
+        log.warning("metrics: jobs by status unavailable: %s", exc)
+    else:
+        for status, n in counts.items():
+            JOBS.labels(status).set(n)
+    resp = web.Response(body=generate_latest())
+    resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    return resp
+
+
+async def get_index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC / "index.html")
+
+
+async def get_static(request: web.Request) -> web.FileResponse:
+    # An explicit list rather than a directory route: nothing else can be served from here,
+    # and a missing asset is a problem+json 404 like every other one.
+    name = request.match_info["name"]
+    if name not in STATIC_FILES:
+        raise NotFound(f"no static asset {name!r}")
+    return web.FileResponse(STATIC / name, headers={"Cache-Control": "no-cache"})
+
+
+def setup_routes(app: web.Application) -> None:
+    app.router.add_routes(
+        [
+            web.post("/v1/jobs", post_job, name="post_job"),
+            web.get("/v1/jobs/{job_id}", get_job, name="get_job"),
+            web.get("/v1/operations", get_operations, name="operations"),
+            web.get("/v1/presets", get_presets, name="presets"),
+            web.get("/openapi.json", get_openapi, name="openapi"),
+            web.get("/health", get_health, name="health"),
+            web.get("/metrics", get_metrics, name="metrics"),
+            web.get("/", get_index, name="index"),
+            web.get("/static/{name}", get_static, name="static"),
+        ]
+    )
