@@ -4,7 +4,7 @@ starve a worker start their own with `running_pipeline`."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,21 +27,30 @@ class Pipeline:
     watcher: EventWatcher
 
     def restart_worker(self) -> None:
-        self.worker = WorkerProcess(self.settings, self.worker.log_path, *self.worker.args,
-                                    **{k: v for k, v in self.worker.env.items()
-                                       if k.startswith("PIXSTREAM_")}).start()
+        self.worker = WorkerProcess(
+            self.settings,
+            self.worker.log_path,
+            *self.worker.args,
+            **{k: v for k, v in self.worker.env.items() if k.startswith("PIXSTREAM_")},
+        ).start()
 
 
 @asynccontextmanager
 async def running_pipeline(
-    services: Settings, template: str, workdir: Path, *worker_args: str, **updates: Any
+    services: Settings,
+    template: str,
+    workdir: Path,
+    *worker_args: str,
+    extra_env: Mapping[str, str] | None = None,
+    **updates: Any,
 ) -> AsyncIterator[Pipeline]:
     """A database, declared topics, a running worker and a watcher; all gone afterwards."""
     url = await create_database(services, template)
     settings = isolated(services, url, **updates)
     await apply_topics(settings.kafka_bootstrap, load_topics(settings))
-    worker = WorkerProcess(settings, workdir / f"worker-{settings.topic_prefix}.log",
-                           *worker_args).start()
+    worker = WorkerProcess(
+        settings, workdir / f"worker-{settings.topic_prefix}.log", *worker_args, **(extra_env or {})
+    ).start()
     pipeline = Pipeline(settings, worker, EventWatcher(settings))
     try:
         async with pipeline.watcher.running():
@@ -60,6 +69,7 @@ async def running_pipeline(
 async def pipeline(
     services: Settings, template_database: str, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Pipeline]:
-    async with running_pipeline(services, template_database,
-                                tmp_path_factory.mktemp("pipeline")) as running:
+    async with running_pipeline(
+        services, template_database, tmp_path_factory.mktemp("pipeline")
+    ) as running:
         yield running
