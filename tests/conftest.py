@@ -107,12 +107,14 @@ async def drop_database(services: Settings, url: str) -> None:
 def isolated(services: Settings, database_url: str, **updates: object) -> Settings:
     """Settings with their own topic prefix, consumer group and database."""
     prefix = unique("t")
-    return services.model_copy(update={
-        "topic_prefix": prefix,
-        "app_id": prefix,
-        "database_url": SecretStr(database_url),
-        **updates,
-    })
+    return services.model_copy(
+        update={
+            "topic_prefix": prefix,
+            "app_id": prefix,
+            "database_url": SecretStr(database_url),
+            **updates,
+        }
+    )
 
 
 @pytest.fixture

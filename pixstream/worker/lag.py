@@ -45,8 +45,9 @@ class LagMonitor(Service):
     @Service.task
     async def _refresh(self) -> None:
         admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap)
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap,
-                                    enable_auto_commit=False)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap, enable_auto_commit=False
+        )
         await admin.start()
         await consumer.start()
         try:
@@ -61,4 +62,3 @@ class LagMonitor(Service):
         finally:
             await consumer.stop()
             await admin.close()
-

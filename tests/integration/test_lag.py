@@ -20,8 +20,9 @@ async def test_group_lag_counts_what_the_group_has_not_committed(topics: Setting
         for i in range(7):
             await kafka.send(producer, topic, b"x", key=f"k{i}")
     group = topics.app_id
-    committer = AIOKafkaConsumer(bootstrap_servers=topics.kafka_bootstrap, group_id=group,
-                                 enable_auto_commit=False)
+    committer = AIOKafkaConsumer(
+        bootstrap_servers=topics.kafka_bootstrap, group_id=group, enable_auto_commit=False
+    )
     await committer.start()
     try:
         committer.assign([TopicPartition(topic, 0)])

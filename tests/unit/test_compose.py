@@ -33,8 +33,12 @@ def test_compose_processes_use_the_settings_variables() -> None:
     services = _compose()["services"]
     known = {f"PIXSTREAM_{name.upper()}" for name in Settings.model_fields}
     required = {
-        "PIXSTREAM_KAFKA_BOOTSTRAP", "PIXSTREAM_DATABASE_URL", "PIXSTREAM_S3_ENDPOINT_URL",
-        "PIXSTREAM_S3_BUCKET", "PIXSTREAM_S3_ACCESS_KEY_ID", "PIXSTREAM_S3_SECRET_ACCESS_KEY",
+        "PIXSTREAM_KAFKA_BOOTSTRAP",
+        "PIXSTREAM_DATABASE_URL",
+        "PIXSTREAM_S3_ENDPOINT_URL",
+        "PIXSTREAM_S3_BUCKET",
+        "PIXSTREAM_S3_ACCESS_KEY_ID",
+        "PIXSTREAM_S3_SECRET_ACCESS_KEY",
     }
     for name in ("setup", "ingress", "worker"):
         env = set(services[name]["environment"])
@@ -44,8 +48,11 @@ def test_compose_processes_use_the_settings_variables() -> None:
 
 def test_env_example_documents_every_setting() -> None:
     example = (COMPOSE.parent / ".env.example").read_text()
-    documented = {line.split("=", 1)[0] for line in example.splitlines() if "=" in line
-                  and not line.startswith("#")}
+    documented = {
+        line.split("=", 1)[0]
+        for line in example.splitlines()
+        if "=" in line and not line.startswith("#")
+    }
     known = {f"PIXSTREAM_{name.upper()}" for name in Settings.model_fields}
     assert documented <= known
     assert known - documented == {"PIXSTREAM_PRESETS"}  # a JSON object, described in README

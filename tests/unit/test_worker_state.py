@@ -30,31 +30,34 @@ STEPS = [
 
 
 def _progress() -> JobProgress:
-    return JobProgress.start(JobRequested(job_id="j1", steps=STEPS,
-                                          source=SourceKey(key="raw/j1/source.jpg")))
+    return JobProgress.start(
+        JobRequested(job_id="j1", steps=STEPS, source=SourceKey(key="raw/j1/source.jpg"))
+    )
 
 
 def _out(step: str) -> OutputInfo:
-    return OutputInfo(key=f"processed/j1/{step}.webp", format="webp", width=10, height=10,
-                      bytes=5)
+    return OutputInfo(key=f"processed/j1/{step}.webp", format="webp", width=10, height=10, bytes=5)
 
 
 def test_progress_knows_the_outputs_and_completes_once() -> None:
     progress = _progress()
     assert progress.outputs == ["webp", "thumb"]
     assert progress.record(StepCompleted(job_id="j1", step="web", op="resize"))
-    assert progress.record(StepCompleted(job_id="j1", step="webp", op="convert",
-                                         output=_out("webp")))
+    assert progress.record(
+        StepCompleted(job_id="j1", step="webp", op="convert", output=_out("webp"))
+    )
     assert not progress.resolved
-    assert progress.record(StepCompleted(job_id="j1", step="thumb", op="thumbnail",
-                                         output=_out("thumb")))
+    assert progress.record(
+        StepCompleted(job_id="j1", step="thumb", op="thumbnail", output=_out("thumb"))
+    )
     assert progress.resolved
     kind, data = progress.finish("j1")
     assert kind == JOB_COMPLETED
     assert set(data.outputs) == {"webp", "thumb"}
     # After the terminal event, anything else is a late duplicate.
-    assert not progress.record(StepCompleted(job_id="j1", step="thumb", op="thumbnail",
-                                             output=_out("thumb")))
+    assert not progress.record(
+        StepCompleted(job_id="j1", step="thumb", op="thumbnail", output=_out("thumb"))
+    )
 
 
 def test_progress_drops_duplicates_and_fails_with_the_step_errors() -> None:
@@ -62,8 +65,9 @@ def test_progress_drops_duplicates_and_fails_with_the_step_errors() -> None:
     done = StepCompleted(job_id="j1", step="thumb", op="thumbnail", output=_out("thumb"))
     assert progress.record(done)
     assert not progress.record(done)
-    assert progress.record(StepFailed(job_id="j1", step="webp", op="convert",
-                                      code="corrupt_image", message="bad"))
+    assert progress.record(
+        StepFailed(job_id="j1", step="webp", op="convert", code="corrupt_image", message="bad")
+    )
     assert progress.resolved
     kind, data = progress.finish("j1")
     assert kind == JOB_FAILED
@@ -74,8 +78,7 @@ def test_progress_drops_duplicates_and_fails_with_the_step_errors() -> None:
 
 def test_progress_round_trips_through_the_table_json() -> None:
     progress = _progress()
-    progress.record(StepCompleted(job_id="j1", step="thumb", op="thumbnail",
-                                  output=_out("thumb")))
+    progress.record(StepCompleted(job_id="j1", step="thumb", op="thumbnail", output=_out("thumb")))
     assert JobProgress.model_validate(progress.to_json()) == progress
 
 
@@ -88,10 +91,23 @@ def test_origin_survives_retries_and_dead_letter_headers_name_it() -> None:
     first = Record("p.jobs", 3, 41, b"j1", b"v", (("trace", b"abc"),))
     assert first.attempt == 0
     assert first.origin() is first
-    parked = Record("p.retry.5s", 0, 7, b"j1", b"v", tuple(with_headers(
-        first.headers, pixstream_attempt="2", pixstream_origin_topic="p.jobs",
-        pixstream_origin_partition="3", pixstream_origin_offset="41",
-        pixstream_not_before="1.0")))
+    parked = Record(
+        "p.retry.5s",
+        0,
+        7,
+        b"j1",
+        b"v",
+        tuple(
+            with_headers(
+                first.headers,
+                pixstream_attempt="2",
+                pixstream_origin_topic="p.jobs",
+                pixstream_origin_partition="3",
+                pixstream_origin_offset="41",
+                pixstream_not_before="1.0",
+            )
+        ),
+    )
     assert parked.attempt == 2
     origin = parked.origin()
     assert (origin.topic, origin.partition, origin.offset) == ("p.jobs", 3, 41)
