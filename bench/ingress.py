@@ -23,18 +23,9 @@ from collections import Counter
 import aiohttp
 from PIL import Image, ImageFilter
 
-SPEC = {
-    "steps": [
-        {"id": "web", "op": "resize", "params": {"width": 1024}},
-        {
-            "id": "webp",
-            "op": "convert",
-            "params": {"format": "webp", "quality": 80},
-            "input": "web",
-        },
-        {"id": "thumb", "op": "thumbnail", "params": {"size": 256}},
-    ]
-}
+from tests.harness import CONTRACT_SPEC
+
+SPEC = CONTRACT_SPEC
 
 
 def photo_like_jpeg(target_bytes: int = 200_000) -> bytes:

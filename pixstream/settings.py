@@ -12,6 +12,20 @@ from typing import Any
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# About a day of webhook retries: seconds before attempts 2, 3, ... (each +-20% jitter).
+WEBHOOK_RETRY_SCHEDULE: tuple[float, ...] = (
+    5,
+    30,
+    2 * 60,
+    10 * 60,
+    30 * 60,
+    60 * 60,
+    2 * 60 * 60,
+    4 * 60 * 60,
+    8 * 60 * 60,
+    8 * 60 * 60,
+)
+
 DEFAULT_PRESETS: dict[str, dict[str, Any]] = {
     "web": {
         "steps": [
@@ -64,6 +78,16 @@ class Settings(BaseSettings):
     webhook_secret: SecretStr = SecretStr("whsec_cGl4c3RyZWFtLWxvY2FsLXdlYmhvb2stc2VjcmV0")
     webhook_allow_private: bool = False
     webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+    # Seconds before attempts 2, 3, ... of a delivery (each +-20% jitter); when spent, failed.
+    webhook_retry_schedule: list[float] = Field(
+        default_factory=lambda: list(WEBHOOK_RETRY_SCHEDULE)
+    )
+    # Outages in a row that open a destination host's circuit breaker, and how long it stays
+    # open before one trial request may go through.
+    webhook_breaker_fail_max: int = Field(default=5, gt=0)
+    webhook_breaker_reset_seconds: float = Field(default=60.0, gt=0)
+    # How often each worker process looks for due deliveries.
+    webhook_poll_seconds: float = Field(default=1.0, gt=0)
 
     # Limits
     max_upload_bytes: int = Field(default=25 * 1024 * 1024, gt=0)

@@ -19,23 +19,13 @@ from yarl import URL
 from pixstream import signing
 from pixstream.errors import DestinationRefused
 from pixstream.netguard import check_url, guarded_request
+from pixstream.settings import WEBHOOK_RETRY_SCHEDULE
 
 log = logging.getLogger(__name__)
 
 # Delays in seconds before attempts 2, 3, ...: about a day in total, so a receiver that is
 # down for a night still gets the event.
-RETRY_SCHEDULE: tuple[float, ...] = (
-    5,
-    30,
-    2 * 60,
-    10 * 60,
-    30 * 60,
-    60 * 60,
-    2 * 60 * 60,
-    4 * 60 * 60,
-    8 * 60 * 60,
-    8 * 60 * 60,
-)
+RETRY_SCHEDULE = WEBHOOK_RETRY_SCHEDULE
 JITTER = 0.2
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import json
 import os
 import signal
 import subprocess
@@ -36,11 +37,20 @@ from pixstream.spec import StepSpec
 from pixstream.storage import open_storage
 
 TERMINAL = (JOB_COMPLETED, JOB_FAILED)
-CONTRACT_STEPS = [
-    StepSpec(id="web", op="resize", params={"width": 1024}),
-    StepSpec(id="webp", op="convert", params={"format": "webp", "quality": 80}, input="web"),
-    StepSpec(id="thumb", op="thumbnail", params={"size": 256}),
-]
+# The job spec of the contract's example (../shared/design/contract.md).
+CONTRACT_SPEC: dict[str, Any] = {
+    "steps": [
+        {"id": "web", "op": "resize", "params": {"width": 1024}},
+        {
+            "id": "webp",
+            "op": "convert",
+            "params": {"format": "webp", "quality": 80},
+            "input": "web",
+        },
+        {"id": "thumb", "op": "thumbnail", "params": {"size": 256}},
+    ]
+}
+CONTRACT_STEPS = [StepSpec.model_validate(step) for step in CONTRACT_SPEC["steps"]]
 
 
 def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
@@ -56,6 +66,12 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
         "PIXSTREAM_WORKER_METRICS_PORT": "0",
         "PIXSTREAM_RETRY_ATTEMPTS": str(settings.retry_attempts),
         "PIXSTREAM_WEBHOOK_ALLOW_PRIVATE": str(settings.webhook_allow_private).lower(),
+        "PIXSTREAM_WEBHOOK_SECRET": settings.webhook_secret.get_secret_value(),
+        "PIXSTREAM_WEBHOOK_TIMEOUT_SECONDS": str(settings.webhook_timeout_seconds),
+        "PIXSTREAM_WEBHOOK_RETRY_SCHEDULE": json.dumps(settings.webhook_retry_schedule),
+        "PIXSTREAM_WEBHOOK_BREAKER_FAIL_MAX": str(settings.webhook_breaker_fail_max),
+        "PIXSTREAM_WEBHOOK_BREAKER_RESET_SECONDS": str(settings.webhook_breaker_reset_seconds),
+        "PIXSTREAM_WEBHOOK_POLL_SECONDS": str(settings.webhook_poll_seconds),
         "PIXSTREAM_SOURCE_ALLOW_PRIVATE": str(settings.source_allow_private).lower(),
     }
     env.update(extra)
@@ -76,7 +92,9 @@ class WorkerProcess:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "pixstream", "worker", *self.args],
-                env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         return self
 
@@ -131,21 +149,28 @@ class EventWatcher:
 
     async def wait_terminal(self, job_ids: list[str], within: float = 60.0) -> None:
         """Wait until every job has a terminal event, or fail naming those that have none."""
+
         async def all_done() -> None:
             async with self._changed:
                 await self._changed.wait_for(
-                    lambda: all(self.of_type(j, *TERMINAL) for j in job_ids))
+                    lambda: all(self.of_type(j, *TERMINAL) for j in job_ids)
+                )
 
         try:
             await asyncio.wait_for(all_done(), within)
         except TimeoutError:
             missing = [j for j in job_ids if not self.of_type(j, *TERMINAL)]
-            raise AssertionError(f"{len(missing)} of {len(job_ids)} jobs did not finish in "
-                                 f"{within:.0f}s, e.g. {missing[:3]}") from None
+            raise AssertionError(
+                f"{len(missing)} of {len(job_ids)} jobs did not finish in "
+                f"{within:.0f}s, e.g. {missing[:3]}"
+            ) from None
 
 
-def jpeg_bytes(size: tuple[int, int] = (2000, 1500), color: tuple[int, int, int] = (200, 40, 40),
-               quality: int = 90) -> bytes:
+def jpeg_bytes(
+    size: tuple[int, int] = (2000, 1500),
+    color: tuple[int, int, int] = (200, 40, 40),
+    quality: int = 90,
+) -> bytes:
     """A JPEG with some structure (a gradient and a block), made in code."""
     image = Image.linear_gradient("L").resize(size).convert("RGB")
     image.paste(color, (size[0] // 4, size[1] // 4, size[0] // 2, size[1] // 2))
@@ -165,20 +190,31 @@ async def put_source(settings: Settings, job_id: str, data: bytes, ext: str = "j
     return key
 
 
-async def produce(settings: Settings, topic: str, value: bytes, key: str,
-                  headers: list[tuple[str, bytes]] | None = None) -> None:
+async def produce(
+    settings: Settings,
+    topic: str,
+    value: bytes,
+    key: str,
+    headers: list[tuple[str, bytes]] | None = None,
+) -> None:
     async with kafka.open_producer(settings) as producer:
         await kafka.send(producer, settings.topic(topic), value, key=key, headers=headers or [])
 
 
-def job_requested(job_id: str, key: str, steps: list[StepSpec] | None = None,
-                  **data: Any) -> CloudEvent:
-    return make_event(JOB_REQUESTED, JobRequested(
-        job_id=job_id, steps=steps or CONTRACT_STEPS, source=SourceKey(key=key), **data))
+def job_requested(
+    job_id: str, key: str, steps: list[StepSpec] | None = None, **data: Any
+) -> CloudEvent:
+    return make_event(
+        JOB_REQUESTED,
+        JobRequested(
+            job_id=job_id, steps=steps or CONTRACT_STEPS, source=SourceKey(key=key), **data
+        ),
+    )
 
 
-async def submit(settings: Settings, data: bytes | None = None,
-                 steps: list[StepSpec] | None = None, **extra: Any) -> str:
+async def submit(
+    settings: Settings, data: bytes | None = None, steps: list[StepSpec] | None = None, **extra: Any
+) -> str:
     """Store a source and produce its job request, as another system would."""
     job_id = new_job_id()
     key = await put_source(settings, job_id, data or jpeg_bytes())

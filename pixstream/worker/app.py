@@ -20,6 +20,8 @@ import faust
 from pixstream.ops import OPERATIONS
 from pixstream.settings import Settings
 from pixstream.topics import load_topics
+from pixstream.worker.lag import LagMonitor
+from pixstream.worker.notifier import Deliveries, notify
 from pixstream.worker.planner import handle_job_request
 from pixstream.worker.recorder import record_event
 from pixstream.worker.records import NOT_BEFORE, ORIGIN_TOPIC, Record
@@ -45,7 +47,7 @@ def _record(event: Any) -> Record:
 
 def build_app(settings: Settings, ops: Sequence[str] | None = None) -> faust.App:
     """The worker's Faust app running the op agents of `ops` (all when None) and the
-    planner, tracker, recorder and retry relays."""
+    planner, tracker, recorder, notifier and retry relays, and the webhook delivery loop."""
     partitions = {t.name: t.partitions for t in load_topics(settings)}
     app = faust.App(
         settings.app_id,
@@ -64,7 +66,10 @@ def build_app(settings: Settings, ops: Sequence[str] | None = None) -> faust.App
     res = Resources(settings, loop=asyncio.get_event_loop())
     app.add_dependency(res)  # started before the agents, stopped after them
 
+    subscribed: list[str] = []
+
     def topic(name: str) -> Any:
+        subscribed.append(settings.topic(name))
         return app.topic(
             settings.topic(name),
             key_type=bytes,
@@ -96,9 +101,13 @@ def build_app(settings: Settings, ops: Sequence[str] | None = None) -> faust.App
     events = topic("events")
     agent("tracker", events, lambda r: track(res, jobs, r, app.producer.flush))
     agent("recorder", events, lambda r: record_event(res, r))
+    agent("notifier", events, lambda r: notify(res, r))
+    # Sends the webhooks the notifier queued; added after `res`, so it stops before it.
+    app.add_dependency(Deliveries(res, loop=res.loop))
 
     for tier in TIERS:
         agent(f"relay-{tier.name}", topic(tier.name), lambda r: relay(res, r))
+    app.add_dependency(LagMonitor(settings, subscribed, loop=res.loop))
     return app
 
 

@@ -23,23 +23,10 @@ from pixstream.events import JOB_COMPLETED, JOB_FAILED
 from pixstream.ingress import create_app
 from pixstream.settings import Settings
 from tests.e2e.conftest import Pipeline, running_pipeline
-from tests.harness import TERMINAL, jpeg_bytes, new_job_id, produce
+from tests.harness import CONTRACT_SPEC, TERMINAL, jpeg_bytes, new_job_id, produce
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 pytestmark = [pytest.mark.e2e, pytest.mark.kafka, pytest.mark.s3, pytest.mark.postgres]
-
-CONTRACT_SPEC: dict[str, Any] = {
-    "steps": [
-        {"id": "web", "op": "resize", "params": {"width": 1024}},
-        {
-            "id": "webp",
-            "op": "convert",
-            "params": {"format": "webp", "quality": 80},
-            "input": "web",
-        },
-        {"id": "thumb", "op": "thumbnail", "params": {"size": 256}},
-    ]
-}
 
 
 def _free_port() -> int:
@@ -254,3 +241,5 @@ async def test_the_worker_serves_its_metrics(product: tuple[Pipeline, int]) -> N
     assert resp.status == 200
     assert 'pixstream_tasks_total{op="resize",outcome="completed"}' in text
     assert "pixstream_op_seconds_bucket" in text
+    jobs_topic = product[0].settings.topic("jobs")
+    assert f'pixstream_consumer_lag{{topic="{jobs_topic}"}}' in text
