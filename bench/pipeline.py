@@ -23,7 +23,7 @@ from pixstream.events import JOB_COMPLETED, JOB_FAILED, CloudEvent
 from pixstream.settings import Settings
 from pixstream.storage import open_storage
 from pixstream.topics import apply_topics, load_topics
-from tests.harness import job_requested, settings_env
+from tests.harness import delete_topics, job_requested, settings_env
 
 
 async def _sources(settings: Settings, photos: list[Path], count: int) -> list[tuple[str, str]]:
@@ -119,6 +119,7 @@ async def bench(corpus: Path, processes: int, count: int, seconds: float) -> Non
         watcher.cancel()
         worker.terminate()
         await asyncio.wait_for(worker.wait(), 60)
+        await delete_topics(settings)
 
 
 def main() -> None:

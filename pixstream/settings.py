@@ -107,6 +107,10 @@ class Settings(BaseSettings):
     # Worker
     worker_threads: int = Field(default=0, ge=0)  # 0: one per core
     retry_attempts: int = Field(default=5, ge=0)
+    # A job with no recorded progress for this long is sent through the pipeline again
+    # (everything is idempotent), and failed with `stalled` after max_redrives tries.
+    stall_seconds: float = Field(default=300.0, gt=0)
+    max_redrives: int = Field(default=3, ge=0)
     # Prometheus metrics of a worker process (0: off); the ingress serves its own at /metrics.
     worker_metrics_port: int = Field(default=9108, ge=0, le=65535)
 

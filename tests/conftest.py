@@ -19,6 +19,7 @@ from pixstream.db.migrate import apply_migrations
 from pixstream.health import check_all
 from pixstream.settings import Settings
 from pixstream.topics import apply_topics, load_topics
+from tests.harness import delete_topics
 
 TEMPLATE_DB = "pixstream_test_template"
 
@@ -138,7 +139,8 @@ async def settings(services: Settings, database_url: str) -> Settings:
 
 
 @pytest.fixture
-async def topics(settings: Settings) -> Settings:
-    """Declare the test's own copy of topics/ on the broker."""
+async def topics(settings: Settings) -> AsyncIterator[Settings]:
+    """Declare the test's own copy of topics/ on the broker; delete them afterwards."""
     await apply_topics(settings.kafka_bootstrap, load_topics(settings))
-    return settings
+    yield settings
+    await delete_topics(settings)

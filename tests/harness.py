@@ -20,6 +20,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+from aiokafka.admin import AIOKafkaAdminClient
 from PIL import Image
 
 from pixstream import kafka
@@ -65,6 +66,8 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
         "PIXSTREAM_APP_ID": settings.app_id,
         "PIXSTREAM_WORKER_METRICS_PORT": "0",
         "PIXSTREAM_RETRY_ATTEMPTS": str(settings.retry_attempts),
+        "PIXSTREAM_STALL_SECONDS": str(settings.stall_seconds),
+        "PIXSTREAM_MAX_REDRIVES": str(settings.max_redrives),
         "PIXSTREAM_WEBHOOK_ALLOW_PRIVATE": str(settings.webhook_allow_private).lower(),
         "PIXSTREAM_WEBHOOK_SECRET": settings.webhook_secret.get_secret_value(),
         "PIXSTREAM_WEBHOOK_TIMEOUT_SECONDS": str(settings.webhook_timeout_seconds),
@@ -233,3 +236,20 @@ async def wait_until(predicate: Any, within: float, interval: float = 0.2) -> bo
 
 def headers_of(record: Any) -> Mapping[str, bytes]:
     return dict(record.headers or ())
+
+
+async def delete_topics(settings: Settings) -> None:
+    """Remove every topic of a test's prefix, Faust's own (`<app_id>-...`) included, so the
+    broker does not grow with every run."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        mine = [
+            t
+            for t in await admin.list_topics()
+            if t.startswith((f"{settings.topic_prefix}.", f"{settings.app_id}-"))
+        ]
+        if mine:
+            await admin.delete_topics(mine)
+    finally:
+        await admin.close()

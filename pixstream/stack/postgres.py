@@ -171,8 +171,11 @@ class PostgresService(LocalService):
             self._query(
                 f"CREATE DATABASE {_quote_ident(self.database)} OWNER {_quote_ident(self.user)}"
             )
-        # Tests create a database per test from a template: the role needs CREATEDB.
+        # Tests create a database per test from a template: the role needs CREATEDB, and
+        # pg_signal_backend for DROP DATABASE ... WITH (FORCE) to end an autovacuum worker
+        # that happens to be in the database (PostgreSQL 15 refuses otherwise).
         self._query(f"ALTER ROLE {_quote_ident(self.user)} CREATEDB")
+        self._query(f"GRANT pg_signal_backend TO {_quote_ident(self.user)}")
 
     def _query(self, sql: str) -> str:
         cmd = self._as_server_user(

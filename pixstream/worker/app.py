@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import faust
@@ -23,6 +23,7 @@ from pixstream.topics import load_topics
 from pixstream.worker.lag import LagMonitor
 from pixstream.worker.notifier import Deliveries, notify
 from pixstream.worker.planner import handle_job_request
+from pixstream.worker.reconciler import Reconciler
 from pixstream.worker.recorder import record_event
 from pixstream.worker.records import NOT_BEFORE, ORIGIN_TOPIC, Record
 from pixstream.worker.resources import Resources
@@ -32,7 +33,7 @@ from pixstream.worker.tracker import track
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[Record], Coroutine[Any, Any, None]]
+Handler = Callable[[Record], Awaitable[None]]
 
 
 def _record(event: Any) -> Record:
@@ -61,7 +62,10 @@ def build_app(settings: Settings, ops: Sequence[str] | None = None) -> faust.App
         consumer_auto_offset_reset="earliest",
         processing_guarantee="at_least_once",
         broker_commit_interval=1.0,
-        stream_wait_empty=False,
+        # A worker that dies holds its partitions until its session times out: 10 s rather
+        # than Faust's 60 s. Heartbeats run on the event loop, which Pillow never blocks.
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=3.0,
     )
     res = Resources(settings, loop=asyncio.get_event_loop())
     app.add_dependency(res)  # started before the agents, stopped after them
@@ -86,10 +90,10 @@ def build_app(settings: Settings, ops: Sequence[str] | None = None) -> faust.App
 
         app.agent(source, name=name)(consume)
 
-    agent("planner", topic("jobs"), lambda r: handle_job_request(res, r))
+    agent("planner", topic("jobs"), res.working(lambda r: handle_job_request(res, r)))
 
     for op in sorted(ops if ops is not None else OPERATIONS):
-        agent(f"op-{op}", topic(f"op.{op}"), lambda r, op=op: handle_task(res, r, op))  # type: ignore[misc]
+        agent(f"op-{op}", topic(f"op.{op}"), res.working(lambda r, op=op: handle_task(res, r, op)))  # type: ignore[misc]
 
     jobs = app.Table(
         "jobs",
@@ -108,6 +112,7 @@ def build_app(settings: Settings, ops: Sequence[str] | None = None) -> faust.App
     for tier in TIERS:
         agent(f"relay-{tier.name}", topic(tier.name), lambda r: relay(res, r))
     app.add_dependency(LagMonitor(settings, subscribed, loop=res.loop))
+    app.add_dependency(Reconciler(res, loop=res.loop))
     return app
 
 

@@ -60,6 +60,10 @@ class JobProgress(BaseModel):
     def finish(self, job_id: str) -> tuple[str, JobCompleted | JobFailed]:
         """Mark terminal and return the one terminal event's type and data."""
         self.terminal = True
+        return self.outcome(job_id)
+
+    def outcome(self, job_id: str) -> tuple[str, JobCompleted | JobFailed]:
+        """The terminal event's type and data, from what is recorded (pure)."""
         outputs = {s: out for s in self.outputs if (out := self.done.get(s)) is not None}
         if not self.failed:
             return JOB_COMPLETED, JobCompleted(

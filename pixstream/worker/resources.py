@@ -7,7 +7,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 from typing import Any, TypeVar
@@ -41,6 +41,7 @@ class Resources(Service):
         self.settings = settings
         self._stack = AsyncExitStack()
         self._ready = asyncio.Event()
+        self._last_work = time.monotonic()
         self.producer: AIOKafkaProducer
         self.storage: Storage
         self.pool: asyncpg.Pool
@@ -71,6 +72,24 @@ class Resources(Service):
     async def ready(self) -> Resources:
         await self._ready.wait()
         return self
+
+    # -- activity, for the reconciler -----------------------------------------------------
+    def working(
+        self, handle: Callable[[Record], Awaitable[None]]
+    ) -> Callable[[Record], Awaitable[None]]:
+        """`handle`, noting when this process last had planning or rendering to do."""
+
+        async def noted(record: Record) -> None:
+            self._last_work = time.monotonic()
+            try:
+                await handle(record)
+            finally:
+                self._last_work = time.monotonic()
+
+        return noted
+
+    def idle_seconds(self) -> float:
+        return time.monotonic() - self._last_work
 
     # -- CPU work ---------------------------------------------------------------------
     async def in_thread(self, fn: Callable[..., T], *args: Any) -> T:

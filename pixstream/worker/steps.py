@@ -44,7 +44,13 @@ async def handle_task(res: Resources, record: Record, op: str) -> None:
         await res.dead_letter(record, exc, attempts=record.attempt + 1)
         return
 
-    extra = {"job_id": task.job_id, "op": op, "attempt": record.attempt}
+    extra = {
+        "job_id": task.job_id,
+        "op": op,
+        "attempt": record.attempt,
+        "partition": record.partition,
+        "offset": record.offset,
+    }
     started = time.perf_counter()
     try:
         source = await res.storage.get(task.source_key, max_bytes=res.settings.max_upload_bytes)

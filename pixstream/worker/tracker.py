@@ -39,8 +39,14 @@ async def track(
         return
 
     if isinstance(data, JobRequested):
-        if table.get(data.job_id) is None:
+        known = table.get(data.job_id)
+        if known is None:
             table[data.job_id] = JobProgress.start(data).to_json()
+        elif (progress := JobProgress.model_validate(known)).terminal:
+            # Asked again (the reconciler re-drives jobs whose end a consumer may have lost):
+            # say the end again. Same deterministic event id, so consumers deduplicate.
+            event_type, terminal = progress.outcome(data.job_id)
+            await res.emit(make_event(event_type, terminal), key=data.job_id)
         return
     if not isinstance(data, StepCompleted | StepFailed):
         return  # terminal events (ours or the planner's) need nothing more

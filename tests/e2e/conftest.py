@@ -15,7 +15,7 @@ import pytest
 from pixstream.settings import Settings
 from pixstream.topics import apply_topics, load_topics
 from tests.conftest import create_database, drop_database, isolated
-from tests.harness import EventWatcher, WorkerProcess, submit
+from tests.harness import EventWatcher, WorkerProcess, delete_topics, submit
 
 STARTUP_SECONDS = 90.0
 
@@ -63,6 +63,7 @@ async def running_pipeline(
     finally:
         pipeline.worker.stop()
         await drop_database(services, url)
+        await delete_topics(settings)
 
 
 @pytest.fixture(scope="module")

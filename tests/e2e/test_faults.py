@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
+import aiohttp
+import asyncpg
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 
-from pixstream.events import JOB_COMPLETED
+from pixstream.events import JOB_COMPLETED, JOB_FAILED
+from pixstream.ingress import create_app
 from pixstream.settings import Settings
 from pixstream.stack.minio import MinioService
 from pixstream.storage import ensure_bucket
 from tests.e2e.conftest import Pipeline, running_pipeline
 from tests.harness import (
+    CONTRACT_SPEC,
     TERMINAL,
     job_requested,
     jpeg_bytes,
@@ -39,15 +46,35 @@ PRIVATE_S3 = "http://127.0.0.1:29000"
 
 
 def _terminal_counts(pipeline: Pipeline, jobs: list[str]) -> dict[str, int]:
-    return {j: len(pipeline.watcher.of_type(j, *TERMINAL)) for j in jobs}
+    """Distinct terminal events per job: a repeat of the same event (same id) is one event."""
+    return {j: len({e.id for e in pipeline.watcher.of_type(j, *TERMINAL)}) for j in jobs}
+
+
+async def _post_jobs(api: TestClient[Any, Any], data: bytes, count: int) -> list[str]:
+    async def post() -> str:
+        form = aiohttp.FormData()
+        form.add_field("file", data, filename="photo.jpg", content_type="image/jpeg")
+        form.add_field("spec", json.dumps(CONTRACT_SPEC), content_type="application/json")
+        resp = await api.post("/v1/jobs", data=form)
+        assert resp.status == 202, await resp.text()
+        return str((await resp.json())["job_id"])
+
+    return list(await asyncio.gather(*(post() for _ in range(count))))
 
 
 async def test_worker_killed_mid_run_loses_nothing_and_repeats_nothing(
     services: Settings, template_database: str, tmp_path: Path
 ) -> None:
-    async with running_pipeline(services, template_database, tmp_path) as pipeline:
-        data = jpeg_bytes((1600, 1200))
-        jobs = await asyncio.gather(*(submit(pipeline.settings, data) for _ in range(100)))
+    # A short stall time: jobs whose messages the killed worker took with it are re-driven.
+    async with running_pipeline(
+        services, template_database, tmp_path, stall_seconds=10.0
+    ) as pipeline:
+        api = TestClient(TestServer(create_app(pipeline.settings), host="127.0.0.1"))
+        await api.start_server()
+        try:
+            jobs = await _post_jobs(api, jpeg_bytes((1600, 1200)), 100)
+        finally:
+            await api.close()
 
         async def quarter_done() -> bool:
             return sum(_terminal_counts(pipeline, jobs).values()) >= 25
@@ -62,6 +89,44 @@ async def test_worker_killed_mid_run_loses_nothing_and_repeats_nothing(
         counts = _terminal_counts(pipeline, jobs)
         assert set(counts.values()) == {1}, {j: c for j, c in counts.items() if c != 1}
         assert all(pipeline.watcher.of_type(j, JOB_COMPLETED) for j in jobs)
+
+
+async def test_a_job_whose_request_was_lost_is_redriven_or_failed_as_stalled(
+    services: Settings, template_database: str, tmp_path: Path
+) -> None:
+    """The reconciler's promise, tested directly: a recorded job with no event at all."""
+    async with running_pipeline(
+        services, template_database, tmp_path, stall_seconds=2.0, max_redrives=1
+    ) as pipeline:
+        settings = pipeline.settings
+        lost, hopeless = new_job_id(), new_job_id()
+        key = await put_source(settings, lost, jpeg_bytes((800, 600)))
+        conn = await asyncpg.connect(settings.database_url.get_secret_value())
+        try:
+            for job, source in ((lost, key), (hopeless, None)):
+                await conn.execute(
+                    "INSERT INTO jobs (job_id, status, steps_total, spec, source_key,"
+                    " created_at, updated_at) VALUES ($1, 'queued', 3, $2, $3, now(), now())",
+                    job,
+                    json.dumps(CONTRACT_SPEC),
+                    source,
+                )
+            await pipeline.watcher.wait_terminal([lost, hopeless], within=60)
+
+            async def recorded() -> bool:
+                rows = await conn.fetch(
+                    "SELECT status FROM jobs WHERE job_id = ANY($1)", [lost, hopeless]
+                )
+                return {r["status"] for r in rows} == {"completed", "failed"}
+
+            assert await wait_until(recorded, within=20)
+        finally:
+            await conn.close()
+    (done,) = pipeline.watcher.of_type(lost, *TERMINAL)
+    assert done.type == JOB_COMPLETED
+    (failed,) = pipeline.watcher.of_type(hopeless, *TERMINAL)
+    assert failed.type == JOB_FAILED
+    assert failed.data["errors"][0]["code"] == "stalled"
 
 
 @pytest.fixture(scope="module")

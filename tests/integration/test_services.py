@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from pathlib import Path
 
 import aiohttp
 import asyncpg
@@ -16,6 +15,7 @@ from pixstream.db.migrate import apply_migrations, migration_files
 from pixstream.settings import Settings
 from pixstream.storage import lifecycle_rules, open_storage, s3_client
 from pixstream.topics import TopicConfig, apply_topics, load_topics
+from tests.harness import delete_topics
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.s3]
 
@@ -105,9 +105,14 @@ async def test_bucket_lifecycle_rules_are_applied(services: Settings) -> None:
     assert lifecycle_rules(3 * 86_400 + 1)[0]["Expiration"]["Days"] == 4
 
 
-async def test_topics_apply_is_idempotent_and_raises_partitions(
-    settings: Settings, tmp_path: Path
-) -> None:
+async def test_topics_apply_is_idempotent_and_raises_partitions(settings: Settings) -> None:
+    try:
+        await _apply_twice_then_grow(settings)
+    finally:
+        await delete_topics(settings)
+
+
+async def _apply_twice_then_grow(settings: Settings) -> None:
     declared = load_topics(settings)
     first = await apply_topics(settings.kafka_bootstrap, declared)
     assert {c.topic for c in first if c.action == "create"} == {t.name for t in declared}
