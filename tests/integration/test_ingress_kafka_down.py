@@ -1,7 +1,7 @@
 """503 while Kafka is down, on a private broker (the shared one is never stopped).
 
 The refused request must leave no row and no event, not even once the broker is back; the
-job accepted before the outage must still be on the topic afterwards.
+job accepted before the outage must still be on the topic afterwards, and complete.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pixstream.events import CloudEvent
 from pixstream.settings import Settings
 from pixstream.stack.kafka import KafkaService
 from pixstream.topics import apply_topics, load_topics
+from tests.harness import WorkerProcess, wait_until
 from tests.integration.conftest import ClientFactory, job_form
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.s3, pytest.mark.slow]
@@ -39,6 +40,15 @@ async def job_ids(settings: Settings) -> list[str]:
     conn = await asyncpg.connect(settings.database_url.get_secret_value())
     try:
         return [r["job_id"] for r in await conn.fetch("SELECT job_id FROM jobs")]
+    finally:
+        await conn.close()
+
+
+async def job_statuses(settings: Settings, jobs: list[str]) -> set[str]:
+    conn = await asyncpg.connect(settings.database_url.get_secret_value())
+    try:
+        rows = await conn.fetch("SELECT status FROM jobs WHERE job_id = ANY($1)", jobs)
+        return {r["status"] for r in rows} if len(rows) == len(jobs) else set()
     finally:
         await conn.close()
 
@@ -90,5 +100,17 @@ async def test_kafka_down_is_503_and_nothing_half_accepted(
         assert await events_on_jobs_topic(private, settle_seconds=3) == [accepted]
         resp = await client.post("/v1/jobs", data=job_form())
         assert resp.status == 202, await resp.text()  # the same producer recovered
+        after = (await resp.json())["job_id"]
+
+        # And every job that got a 202 completes, once a worker runs against this broker.
+        worker = WorkerProcess(private, tmp_path / "worker.log").start()
+        try:
+
+            async def both_completed() -> bool:
+                return await job_statuses(private, [accepted, after]) == {"completed"}
+
+            assert await wait_until(both_completed, within=120), worker.log()
+        finally:
+            worker.stop()
     finally:
         await asyncio.to_thread(broker.down)
