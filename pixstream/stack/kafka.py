@@ -93,8 +93,8 @@ class KafkaService(LocalService):
                 f"{self.libs}/*",
                 "kafka.tools.StorageTool",
                 "format",
-                "-t",
-                cluster_id,
+                # One token: a base64url id may start with "-" and read as an option.
+                f"--cluster-id={cluster_id}",
                 "-c",
                 str(self.config),
             ],
