@@ -14,23 +14,12 @@ from pixstream.plan import Plan
 from pixstream.render import render
 from pixstream.settings import DEFAULT_PRESETS
 from pixstream.spec import parse_spec
+from tests.harness import CONTRACT_SPEC
 from tests.unit.conftest import Images
 
 pytestmark = pytest.mark.unit
 
 LIMITS = {"max_pixels": 50_000_000, "max_frames": 100}
-CONTRACT_SPEC = {
-    "steps": [
-        {"id": "web", "op": "resize", "params": {"width": 1024}},
-        {
-            "id": "webp",
-            "op": "convert",
-            "params": {"format": "webp", "quality": 80},
-            "input": "web",
-        },
-        {"id": "thumb", "op": "thumbnail", "params": {"size": 256}},
-    ]
-}
 
 
 def plan_of(raw: dict[str, Any]) -> Plan:

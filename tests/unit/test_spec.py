@@ -9,6 +9,7 @@ import pytest
 from pixstream import errors
 from pixstream.settings import DEFAULT_PRESETS
 from pixstream.spec import JobSpec, find_cycle, parse_spec
+from tests.harness import CONTRACT_SPEC
 
 pytestmark = pytest.mark.unit
 
@@ -22,21 +23,7 @@ def step(sid: str, op: str = "grayscale", input: str = "source", **params: Any) 
 
 
 def test_contract_example_is_accepted() -> None:
-    spec = parse(
-        {
-            "steps": [
-                {"id": "web", "op": "resize", "params": {"width": 1024}},
-                {
-                    "id": "webp",
-                    "op": "convert",
-                    "params": {"format": "webp", "quality": 80},
-                    "input": "web",
-                },
-                {"id": "thumb", "op": "thumbnail", "params": {"size": 256}},
-            ],
-            "webhook_url": "https://example.com/hooks/pixstream",
-        }
-    )
+    spec = parse({**CONTRACT_SPEC, "webhook_url": "https://example.com/hooks/pixstream"})
     assert [s.id for s in spec.steps] == ["web", "webp", "thumb"]
     assert spec.steps[2].input == "source"
     assert spec.webhook_url == "https://example.com/hooks/pixstream"
