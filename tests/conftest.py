@@ -144,3 +144,11 @@ async def topics(settings: Settings) -> AsyncIterator[Settings]:
     await apply_topics(settings.kafka_bootstrap, load_topics(settings))
     yield settings
     await delete_topics(settings)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark tests by their folder too, so `-m unit` / `-m e2e` select whole layers."""
+    for item in items:
+        layer = item.path.parent.name
+        if layer in ("unit", "e2e"):
+            item.add_marker(getattr(pytest.mark, layer))
