@@ -48,5 +48,7 @@ bench/corpus/MANIFEST.tsv:
 bench-ops: $(PIX) corpus  ## time PixStream's operations against a plain Pillow loop
 	$(BIN)/python -m bench.ops bench/corpus
 
-bench: up corpus  ## every benchmark: operations, then the pipeline and the ingress
+bench: up corpus  ## operations vs plain Pillow, then the pipeline with 1 and 2 worker processes
 	$(BIN)/python -m bench.ops bench/corpus
+	$(BIN)/python -m bench.pipeline bench/corpus --processes 1
+	$(BIN)/python -m bench.pipeline bench/corpus --processes 2
