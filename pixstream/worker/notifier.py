@@ -8,12 +8,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 import aiohttp
-import asyncpg
 import pybreaker
 from mode import Service
 from yarl import URL
@@ -32,7 +31,7 @@ from pixstream.events import (
 from pixstream.netguard import guarded_session
 from pixstream.webhooks import Breakers, DeliveryResult, Outcome, deliver, next_delay
 from pixstream.worker.records import Record
-from pixstream.worker.resources import Resources
+from pixstream.worker.resources import DB_DOWN, Resources
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +41,6 @@ MAX_IN_FLIGHT: Final = 32
 # A claim must outlast one attempt (bounded by the request timeout) plus writing its result;
 # only a worker that died mid-attempt ever waits this out.
 LEASE_MARGIN_SECONDS: Final = 15.0
-BACKOFF_MAX_SECONDS: Final = 10.0
-# PostgreSQL is down or restarting: wait for it instead of losing or repeating work.
-DB_DOWN: Final = (
-    OSError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.InterfaceError,
-)
 
 PENDING: Final = "pending"
 DELIVERED: Final = "delivered"
@@ -96,8 +87,7 @@ async def notify(res: Resources, record: Record) -> None:
         return
     body = with_output_urls(event, res.storage.presigned_url).to_bytes()
     url = data.webhook_url
-    await _until_stored(
-        res,
+    await res.write_db(
         lambda conn: deliveries.enqueue(conn, event.id, data.job_id, url, body),
         what=f"queueing webhook {event.id}",
         job_id=data.job_id,
@@ -105,27 +95,6 @@ async def notify(res: Resources, record: Record) -> None:
     log.info(
         "webhook queued", extra={"job_id": data.job_id, "event_id": event.id, "outcome": PENDING}
     )
-
-
-async def _until_stored(
-    res: Resources, write: Callable[[Any], Awaitable[None]], *, what: str, job_id: str
-) -> None:
-    """Run `write` on a connection, retrying in place while PostgreSQL is down: returning
-    early would let Faust acknowledge the event (or leave a sent webhook unrecorded)."""
-    delay = 0.5
-    while True:
-        try:
-            async with res.pool.acquire() as conn:
-                await write(conn)
-            return
-        except DB_DOWN as exc:
-            if res.should_stop:
-                raise
-            log.warning(
-                "%s failed (%s); retrying in %.1fs", what, exc, delay, extra={"job_id": job_id}
-            )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, BACKOFF_MAX_SECONDS)
 
 
 # -- what an outcome means for the row ----------------------------------------------------------
@@ -262,8 +231,7 @@ class Deliveries(Service):
             # While a trial request is out, the others look again at the next poll.
             breaker_wait=max(wait, s.webhook_poll_seconds),
         )
-        await _until_stored(
-            self.res,
+        await self.res.write_db(
             lambda conn: _record(conn, delivery.event_id, result, decision),
             what=f"recording webhook {delivery.event_id}",
             job_id=delivery.job_id,

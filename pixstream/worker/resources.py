@@ -28,9 +28,15 @@ from pixstream.worker.retry import tier_for
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# Kafka itself being down is the one failure we cannot park anywhere: wait for it, since
+# Kafka or PostgreSQL being down cannot be parked anywhere: handlers wait for them, since
 # returning would let Faust acknowledge (and so lose) the message being handled.
-KAFKA_BACKOFF_MAX_SECONDS = 10.0
+BACKOFF_MAX_SECONDS = 10.0
+DB_DOWN = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.InterfaceError,
+)
 
 
 class Resources(Service):
@@ -96,6 +102,26 @@ class Resources(Service):
         """Run Pillow work off the event loop (Pillow releases the GIL in its codecs)."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
+    # -- writing to PostgreSQL ------------------------------------------------------------
+    async def write_db(
+        self, write: Callable[[Any], Awaitable[None]], *, what: str, job_id: str
+    ) -> None:
+        """Run `write` on a connection, retrying in place while PostgreSQL is down."""
+        delay = 0.5
+        while True:
+            try:
+                async with self.pool.acquire() as conn:
+                    await write(conn)
+                return
+            except DB_DOWN as exc:
+                if self.should_stop:
+                    raise
+                log.warning(
+                    "%s failed (%s); retrying in %.1fs", what, exc, delay, extra={"job_id": job_id}
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, BACKOFF_MAX_SECONDS)
+
     # -- writing to Kafka ---------------------------------------------------------------
     async def send(
         self, topic: str, value: bytes, *, key: str, headers: Sequence[tuple[str, bytes]] = ()
@@ -111,7 +137,7 @@ class Resources(Service):
                     raise
                 log.warning("kafka send to %s failed (%s); retrying in %.1fs", topic, exc, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, KAFKA_BACKOFF_MAX_SECONDS)
+                delay = min(delay * 2, BACKOFF_MAX_SECONDS)
 
     async def emit(self, event: CloudEvent, *, key: str) -> None:
         """Publish a lifecycle event on `<prefix>.events`, keyed by job id."""
