@@ -4,6 +4,7 @@ PixStreamError
 ├── PermanentError      the input is at fault: a stable `code`, 4xx at the edge, the job fails
 │   ├── InvalidSpec, InvalidParams, UnknownOperation
 │   ├── UnsupportedFormat, CorruptImage, TooManyPixels, TooManyFrames, TooLarge
+│   ├── RendererCrashed (code worker_crashed)
 │   └── SourceUnavailable, DestinationRefused
 └── TransientError      a dependency is at fault: retried with backoff, then dead-lettered;
                         503 at the edge
@@ -69,6 +70,14 @@ class TooManyFrames(PermanentError):
     """The animated image has more frames than allowed."""
 
     code = "too_many_frames"
+
+
+class RendererCrashed(PermanentError):
+    """The renderer process died or ran out of memory on this image."""
+
+    # Permanent: the render pool gives each child its own address-space limit, so running out
+    # of it (or being killed) says the input needs more than allowed, not that the host is busy.
+    code = "worker_crashed"
 
 
 class TooLarge(PermanentError):

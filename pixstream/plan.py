@@ -50,6 +50,21 @@ class PlannedStep:
     def input(self) -> str:
         return self.spec.input
 
+    def output_size(self, input_size: Size) -> Size:
+        """The size this step makes of an input of `input_size`, computed without pixels."""
+        return self.op.output_size(self.params, *input_size)
+
+    def check_budget(self, input_size: Size, *, frames: int, max_pixels: int) -> Size:
+        """The output size; TooManyPixels when its frames together exceed `max_pixels`."""
+        width, height = self.output_size(input_size)
+        if width * height * frames > max_pixels:
+            each = f" x {frames} frames" if frames > 1 else ""
+            raise errors.TooManyPixels(
+                f"step '{self.id}': its output would be {width}x{height}{each} = "
+                f"{width * height * frames} pixels; the limit is {max_pixels}"
+            )
+        return width, height
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -121,6 +136,25 @@ class Plan:
     @staticmethod
     def raw_key(job_id: str, ext: str) -> str:
         return f"raw/{job_id}/source.{EXTENSIONS.get(ext, ext)}"
+
+    def output_sizes(self, source: Size) -> dict[str, Size]:
+        """Every step's output size for a source of this oriented size, in plan order."""
+        sizes = {SOURCE: source}
+        for sid in self.order:
+            step = self.steps[sid]
+            sizes[sid] = step.output_size(sizes[step.input])
+        del sizes[SOURCE]
+        return sizes
+
+    def check_budget(self, source: Size, *, frames: int = 1, max_pixels: int) -> None:
+        """Refuse the plan (TooManyPixels naming the step) when any step's output, over all
+        frames, would exceed `max_pixels`: checked on sizes alone, before any pixel exists."""
+        sizes = {SOURCE: source}
+        for sid in self.order:
+            step = self.steps[sid]
+            sizes[sid] = step.check_budget(
+                sizes[step.input], frames=frames, max_pixels=max_pixels
+            )
 
     def draft_size(self, src_w: int, src_h: int) -> Size | None:
         """The largest size any root path needs from the source; None when one needs it all."""

@@ -1,7 +1,9 @@
 """Run a whole plan on one source: decode once, pass images between steps, encode the outputs.
 
-Pure and thread-safe (no shared state), so the worker can run it in a thread pool. A step
-that fails permanently fails alone: its descendants are skipped, other branches complete.
+Pure and thread-safe (no shared state), so the worker can run it in a thread pool or in the
+render pool's processes. A step that fails permanently fails alone: its descendants are
+skipped, other branches complete. A step whose output would be over the pixel budget fails
+with `too_many_pixels` before Pillow allocates it.
 """
 
 from __future__ import annotations
@@ -54,7 +56,10 @@ class Rendered:
 
 
 def render(source: bytes, plan: Plan, *, max_pixels: int, max_frames: int) -> Rendered:
-    """Render every output of `plan`; decode errors raise (the whole job fails with them)."""
+    """Render every output of `plan`; decode errors raise (the whole job fails with them).
+
+    `max_pixels` bounds the source (every frame and their sum) and each step's output.
+    """
     decoded = codec.decode(
         source, max_pixels=max_pixels, max_frames=max_frames, draft=plan.draft_size
     )
@@ -71,7 +76,9 @@ def render(source: bytes, plan: Plan, *, max_pixels: int, max_frames: int) -> Re
             )
         else:
             try:
-                frames = step.op.run(images[parent], step.params)
+                inputs = images[parent]
+                step.check_budget(inputs[0].size, frames=len(inputs), max_pixels=max_pixels)
+                frames = step.op.run(inputs, step.params)
                 if readers[sid]:
                     images[sid] = frames
                 else:

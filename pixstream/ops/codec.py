@@ -1,13 +1,18 @@
 """The only place where bytes become images and images become bytes.
 
-Decoding enforces the pixel and frame limits before any pixel is loaded, orients from EXIF and
-converts to sRGB; encoding writes pixels only, so no EXIF, GPS, ICC, XMP or comment can leak.
+Decoding enforces the pixel and frame limits before any pixel is loaded (after every `seek()`,
+and summed over the frames), orients from EXIF and converts to sRGB; encoding writes pixels
+only, so no EXIF, GPS, ICC, XMP or comment can leak. Whatever a codec raises that is not ours
+becomes `CorruptImage`: a decoder's TypeError says the file is bad, not that PixStream is.
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Sequence
+import struct
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -36,6 +41,12 @@ _SWAPPING_ORIENTATIONS: Final = frozenset({5, 6, 7, 8})
 _SRGB: Final = ImageCms.createProfile("sRGB")
 
 DraftRequest = tuple[int, int] | Callable[[int, int], tuple[int, int] | None] | None
+
+# Pillow checks sizes itself inside open() and seek() (a GIF frame can grow the canvas, or ask
+# for a disposal buffer, before its size reaches us) but between 1x and 2x MAX_IMAGE_PIXELS it
+# only warns, and a warning is no refusal. Made an error once for the process, because
+# warnings.catch_warnings() is not thread-safe and render() runs in threads.
+warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
 
 
 @dataclass(frozen=True)
@@ -74,41 +85,138 @@ def sniff_format(head: bytes) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class Probe:
+    """What a file's headers say, read without decoding any pixel."""
+
+    format: str
+    width: int  # oriented (EXIF orientation 5-8 swaps the sides)
+    height: int
+    frames: int
+    pixels: int  # summed over the frames, at the canvas size each is decoded at
+
+
+def probe(data: bytes) -> Probe:
+    """The format, oriented size, frame count and total pixels of `data`, from headers only.
+
+    Cheap enough for the ingress (no pixel is decoded: GIF frame descriptors and TIFF page
+    directories are walked); decode() checks every frame again, so a lie here costs nothing.
+    """
+    with _classified("the image header cannot be read"):
+        im = Image.open(io.BytesIO(data), formats=INPUT_FORMATS)
+        fmt = (im.format or "").lower()
+        width, height = im.size
+        frames = getattr(im, "n_frames", 1)
+        pixels = frames * width * height
+        if fmt == "gif":
+            pixels = max(pixels, _gif_canvas_pixels(data))
+        elif fmt == "tiff" and frames > 1:
+            pixels = 0
+            for index in range(frames):  # each page has its own size; seek reads only the IFD
+                im.seek(index)
+                pixels += im.width * im.height
+        if im.getexif().get(_ORIENTATION_TAG, 1) in _SWAPPING_ORIENTATIONS:
+            width, height = height, width
+        return Probe(fmt, width, height, frames, pixels)
+
+
+def _gif_canvas_pixels(data: bytes) -> int:
+    """The sum over a GIF's frames of its canvas, which a frame reaching past it grows."""
+    width, height = struct.unpack_from("<HH", data, 6)
+    flags = data[10]
+    pos = 13 + (3 << (flags & 7) if flags & 0x80 else 0)
+    total = 0
+    try:
+        while pos < len(data) and data[pos] != 0x3B:  # ';' ends the stream
+            kind, pos = data[pos], pos + 1
+            if kind == 0x21:  # extension: a label, then data sub-blocks
+                pos = _skip_sub_blocks(data, pos + 1)
+            elif kind == 0x2C:  # image descriptor, optional local palette, LZW size, data
+                x, y, w, h, local = struct.unpack_from("<HHHHB", data, pos)
+                pos += 9 + (3 << (local & 7) if local & 0x80 else 0) + 1
+                pos = _skip_sub_blocks(data, pos)
+                width, height = max(width, x + w), max(height, y + h)
+                total += width * height
+            # any other byte is skipped, as Pillow's reader does
+    except (struct.error, IndexError):
+        pass  # truncated: what was read so far is what a decoder could reach
+    return total
+
+
+def _skip_sub_blocks(data: bytes, pos: int) -> int:
+    while (size := data[pos]) != 0:
+        pos += size + 1
+    return pos + 1
+
+
 def decode(data: bytes, *, max_pixels: int, max_frames: int, draft: DraftRequest = None) -> Decoded:
     """Decode `data` into normalised frames, refusing what breaks a limit before loading it.
 
-    `draft` is a target size, or a function of the oriented source size returning one: a JPEG
-    is then decoded by libjpeg at the smallest 1/2, 1/4 or 1/8 scale still at least that big.
-    """
-    try:
-        im = Image.open(io.BytesIO(data), formats=INPUT_FORMATS)
-    except UnidentifiedImageError as exc:
-        raise errors.UnsupportedFormat() from exc
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise errors.TooManyPixels(str(exc)) from exc
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise errors.CorruptImage(f"the image header cannot be read: {exc}") from exc
+    `max_pixels` bounds every frame and the sum over all frames (an animation's decoded frames
+    are all held at once). `draft` is a target size, or a function of the oriented source size
+    returning one: a JPEG is then decoded by libjpeg at the smallest 1/2, 1/4 or 1/8 scale
+    still at least that big.
 
+    MemoryError is not classified: it says the renderer is short of memory, not that the data
+    is bad (the render pool answers it with RendererCrashed).
+    """
+    _allow_pillow(max_pixels)
+    with _classified("the image header cannot be read"):
+        im = Image.open(io.BytesIO(data), formats=INPUT_FORMATS)
     # No `with im:` here: closing would invalidate the frame returned for a still image.
-    width, height = im.size
-    if width * height > max_pixels:
-        raise errors.TooManyPixels(
-            f"the image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}"
-        )
-    try:
+    with _classified("the image data is corrupt or truncated"):
+        width, height = im.size
+        if width * height > max_pixels:
+            raise errors.TooManyPixels(
+                f"the image is {width}x{height} = {width * height} pixels; "
+                f"the limit is {max_pixels}"
+            )
         n_frames = getattr(im, "n_frames", 1)
         if n_frames > max_frames:
             raise errors.TooManyFrames(
                 f"the image has {n_frames} frames; the limit is {max_frames}"
             )
-        return _load(im, (im.format or "").lower(), n_frames, draft)
+        fmt = (im.format or "").lower()
+        # Every frame of these is at least the first one's canvas: refuse before decoding any.
+        if fmt != "tiff" and n_frames * width * height > max_pixels:
+            raise errors.TooManyPixels(_animation_message(n_frames, width, height, max_pixels))
+        return _load(im, fmt, n_frames, draft, max_pixels)
+
+
+def _animation_message(n_frames: int, width: int, height: int, max_pixels: int) -> str:
+    return (
+        f"the {n_frames} frames of {width}x{height} add up to {n_frames * width * height} "
+        f"pixels; the limit for all frames together is {max_pixels}"
+    )
+
+
+def _allow_pillow(max_pixels: int) -> None:
+    # Pillow's process-wide ceiling stays at its default (about 89 MP) unless a caller's budget
+    # is larger; it only ever goes up, so no thread can see it below its own budget.
+    ceiling = Image.MAX_IMAGE_PIXELS
+    if ceiling is not None and max_pixels > ceiling:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+
+
+@contextmanager
+def _classified(what: str) -> Iterator[None]:
+    """Map whatever a codec raises to a PixStream error; ours and MemoryError pass through."""
+    try:
+        yield
+    except (errors.PixStreamError, MemoryError):
+        raise
+    except UnidentifiedImageError as exc:
+        raise errors.UnsupportedFormat() from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise errors.TooManyPixels(str(exc)) from exc
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise errors.CorruptImage(f"the image data is corrupt or truncated: {exc}") from exc
+    except Exception as exc:  # TypeError, IndexError, struct.error, EOFError... from plugins
+        detail = str(exc) or type(exc).__name__
+        raise errors.CorruptImage(f"{what}: {detail}") from exc
 
 
-def _load(im: ImageFile.ImageFile, fmt: str, n_frames: int, draft: DraftRequest) -> Decoded:
+def _load(
+    im: ImageFile.ImageFile, fmt: str, n_frames: int, draft: DraftRequest, max_pixels: int
+) -> Decoded:
     orientation = im.getexif().get(_ORIENTATION_TAG, 1)
     swap = orientation in _SWAPPING_ORIENTATIONS
     full = (im.height, im.width) if swap else im.size
@@ -121,9 +229,23 @@ def _load(im: ImageFile.ImageFile, fmt: str, n_frames: int, draft: DraftRequest)
     loop = int(im.info.get("loop", 0))
     frames: list[Image.Image] = []
     durations: list[int] = []
+    total = 0
     for index in range(n_frames):
         if index:
             im.seek(index)
+        # A TIFF page or a GIF frame descriptor sets its own size: check it before loading.
+        width, height = im.size
+        total += width * height
+        if width * height > max_pixels:
+            raise errors.TooManyPixels(
+                f"frame {index + 1} is {width}x{height} = {width * height} pixels; "
+                f"the limit is {max_pixels}"
+            )
+        if total > max_pixels:
+            raise errors.TooManyPixels(
+                f"frames 1 to {index + 1} add up to {total} pixels; "
+                f"the limit for all frames together is {max_pixels}"
+            )
         im.load()
         durations.append(int(im.info.get("duration", 0)))
         frame = _to_srgb(im if n_frames == 1 else im.copy(), icc)
@@ -207,20 +329,21 @@ def encode(
             f"the source is animated ({len(frames)} frames) and {fmt} cannot hold an "
             "animation; convert to gif or webp"
         )
-    clean = [_pixels_only(frame) for frame in frames]
-    options: dict[str, Any] = _options(fmt, quality, lossless, speed)
-    if fmt == "jpeg":
-        clean = [_flatten(frame) for frame in clean]
-    if len(clean) > 1:
-        options.update(
-            save_all=True,
-            append_images=clean[1:],
-            duration=list(durations) if durations else 100,
-            loop=loop,
-        )
-    out = io.BytesIO()
-    clean[0].save(out, format=fmt.upper(), **options)
-    return out.getvalue()
+    with _classified(f"the image cannot be encoded as {fmt}"):
+        clean = [_pixels_only(frame) for frame in frames]
+        options: dict[str, Any] = _options(fmt, quality, lossless, speed)
+        if fmt == "jpeg":
+            clean = [_flatten(frame) for frame in clean]
+        if len(clean) > 1:
+            options.update(
+                save_all=True,
+                append_images=clean[1:],
+                duration=list(durations) if durations else 100,
+                loop=loop,
+            )
+        out = io.BytesIO()
+        clean[0].save(out, format=fmt.upper(), **options)
+        return out.getvalue()
 
 
 def _options(fmt: str, quality: int | None, lossless: bool, speed: int | None) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
@@ -76,6 +77,10 @@ def _resize_target(p: ResizeParams, width: int, height: int) -> Size:
     return resize_geometry(p, width, height)[0]
 
 
+def _resize_output(p: ResizeParams, width: int, height: int) -> Size:
+    return resize_geometry(p, width, height)[1]
+
+
 class ThumbnailParams(Params):
     """Fit within size x size, keeping the aspect ratio; never upscales."""
 
@@ -136,17 +141,30 @@ def crop_box(p: CropParams, image: Image.Image) -> tuple[int, int, int, int]:
                 f"the {image.width}x{image.height} image"
             )
         return box
-    match = re.fullmatch(r"(\d+):(\d+)", spec.aspect)
-    assert match is not None  # guaranteed by the field pattern
-    ratio = int(match[1]) / int(match[2])
     w, h = image.size
-    cw, ch = (max(1, round(h * ratio)), h) if w / h > ratio else (w, max(1, round(w / ratio)))
-    cw, ch = min(cw, w), min(ch, h)
+    cw, ch = aspect_size(spec, w, h)
     if spec.gravity == "entropy":
         left, top = _entropy_origin(image, (cw, ch))
     else:
         left, top = (w - cw) // 2, (h - ch) // 2
     return left, top, left + cw, top + ch
+
+
+def aspect_size(spec: CropAspect, width: int, height: int) -> Size:
+    """The largest width x height window of the aspect ratio inside the image."""
+    match = re.fullmatch(r"(\d+):(\d+)", spec.aspect)
+    assert match is not None  # guaranteed by the field pattern
+    ratio = int(match[1]) / int(match[2])
+    w, h = width, height
+    cw, ch = (max(1, round(h * ratio)), h) if w / h > ratio else (w, max(1, round(w / ratio)))
+    return min(cw, w), min(ch, h)
+
+
+def crop_size(p: CropParams, width: int, height: int) -> Size:
+    spec = p.root
+    if isinstance(spec, CropBox):
+        return spec.width, spec.height  # a box outside the image fails when run
+    return aspect_size(spec, width, height)
 
 
 def _entropy_origin(image: Image.Image, size: Size, positions: int = 9) -> tuple[int, int]:
@@ -192,6 +210,32 @@ _QUARTER_TURNS = {
 }
 
 
+def rotate_size(p: RotateParams, width: int, height: int) -> Size:
+    """The size `_rotate` gives, by Pillow's own arithmetic (`Image.rotate`) when it rotates."""
+    turn = p.degrees % 360
+    if turn == 0 or not p.expand:
+        return width, height
+    if turn in _QUARTER_TURNS:
+        return (width, height) if turn == 180 else (height, width)
+    angle = -math.radians(-p.degrees % 360.0)
+    cos, sin = round(math.cos(angle), 15), round(math.sin(angle), 15)
+    cx, cy = width / 2, height / 2
+    # Pillow's inverse matrix: x' = a*x + b*y + c, y' = d*x + e*y + f, about the centre.
+    a, b, d, e = cos, sin, -sin, cos
+    c = a * -cx + b * -cy + cx
+    f = d * -cx + e * -cy + cy
+    corners = [(a * x + b * y + c, d * x + e * y + f) for x, y in _corners(width, height)]
+    xs, ys = [x for x, _ in corners], [y for _, y in corners]
+    return (
+        math.ceil(max(xs)) - math.floor(min(xs)),
+        math.ceil(max(ys)) - math.floor(min(ys)),
+    )
+
+
+def _corners(width: int, height: int) -> list[tuple[int, int]]:
+    return [(0, 0), (width, 0), (width, height), (0, height)]
+
+
 def _rotate(image: Image.Image, p: RotateParams) -> Image.Image:
     turn = p.degrees % 360
     if turn == 0:
@@ -215,7 +259,12 @@ def _flip(image: Image.Image, p: FlipParams) -> Image.Image:
 
 
 RESIZE = Operation(
-    "resize", "Resize to a width, height or box.", ResizeParams, _resize, _resize_target
+    "resize",
+    "Resize to a width, height or box.",
+    ResizeParams,
+    _resize,
+    _resize_target,
+    output_size=_resize_output,
 )
 THUMBNAIL = Operation(
     "thumbnail",
@@ -223,6 +272,7 @@ THUMBNAIL = Operation(
     ThumbnailParams,
     _thumbnail,
     lambda p, w, h: thumbnail_size(p, w, h),
+    output_size=thumbnail_size,
 )
 CROP = Operation(
     "crop",
@@ -230,6 +280,9 @@ CROP = Operation(
     CropParams,
     _crop,
     apply_frames=_crop_frames,
+    output_size=crop_size,
 )
-ROTATE = Operation("rotate", "Rotate clockwise by degrees.", RotateParams, _rotate)
+ROTATE = Operation(
+    "rotate", "Rotate clockwise by degrees.", RotateParams, _rotate, output_size=rotate_size
+)
 FLIP = Operation("flip", "Mirror the image.", FlipParams, _flip, passthrough=True)

@@ -37,6 +37,11 @@ def no_target(params: BaseModel, width: int, height: int) -> Size | None:
     return None
 
 
+def same_size(params: BaseModel, width: int, height: int) -> Size:
+    """The op keeps the size of its input."""
+    return width, height
+
+
 @dataclass(frozen=True)
 class Operation(Generic[P]):
     """One registered operation; `apply` never mutates its input (branches share images)."""
@@ -51,6 +56,9 @@ class Operation(Generic[P]):
     passthrough: bool = False
     # For ops whose per-frame choice must be the same on every frame (e.g. an entropy crop).
     apply_frames: Callable[[Sequence[Image.Image], P], list[Image.Image]] | None = None
+    # The size `apply` returns for an input of this size, computed without pixels: the planner
+    # refuses a step whose output is over the pixel budget before Pillow allocates it.
+    output_size: Callable[[P, int, int], Size] = same_size
 
     def parse(self, raw: Mapping[str, Any]) -> P:
         """Validated params; raises InvalidParams naming the field (`params.size: ...`)."""
