@@ -94,6 +94,13 @@ class Settings(BaseSettings):
     max_pixels: int = Field(default=50_000_000, gt=0)
     max_steps: int = Field(default=16, gt=0)
     max_frames: int = Field(default=100, gt=0)
+    # `max_pixels` bounds every frame, all frames of an animation together, and every step's
+    # output. Submissions read at once by the ingress (each holds up to ~2x max_upload_bytes);
+    # one more is answered 503 with Retry-After.
+    max_uploads_in_flight: int = Field(default=8, gt=0)
+    # Address-space limit (RLIMIT_AS) of each render process: a bomb past the checks ends
+    # that process with worker_crashed, not the worker. Virtual memory: leave room above RSS.
+    render_memory_limit_bytes: int = Field(default=1_200_000_000, gt=0)
     source_fetch_timeout_seconds: float = Field(default=15.0, gt=0)
     # Lets `source.url` jobs fetch from loopback/private addresses: development and tests only.
     source_allow_private: bool = False

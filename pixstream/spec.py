@@ -6,6 +6,7 @@ step and the field so a 422 says exactly what to fix.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Annotated, Any
 
@@ -44,6 +45,26 @@ class JobSpec(BaseModel):
 
     steps: list[StepSpec] = Field(min_length=1)
     webhook_url: str | None = Field(default=None, max_length=2048)
+
+
+def loads(data: bytes) -> object:
+    """The JSON value of a spec document; InvalidSpec for anything that is not JSON text.
+
+    Deep nesting is refused too: 64 KB of `[` makes the JSON parser raise RecursionError,
+    which is the sender's fault like any other unparsable spec (a 422, never a 500).
+    """
+    try:
+        return json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise errors.InvalidSpec(f"spec: not UTF-8 text ({exc.reason})") from exc
+    except json.JSONDecodeError as exc:
+        raise errors.InvalidSpec(
+            f"spec: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+        ) from exc
+    except RecursionError as exc:
+        raise errors.InvalidSpec("spec: nested too deeply to be a job spec") from exc
+    except ValueError as exc:  # what else json refuses, e.g. an integer too long to convert
+        raise errors.InvalidSpec(f"spec: not valid JSON ({exc})") from exc
 
 
 def parse_spec(raw: object, *, presets: Mapping[str, Mapping[str, Any]], max_steps: int) -> JobSpec:
@@ -149,6 +170,7 @@ __all__ = [
     "JobSpec",
     "StepSpec",
     "find_cycle",
+    "loads",
     "parse_spec",
     "validate_steps",
 ]

@@ -14,6 +14,7 @@ from aiohttp.typedefs import Handler
 from aiokafka import AIOKafkaProducer
 
 from pixstream.db.repository import open_pool
+from pixstream.ingress.admission import UPLOAD_SLOTS, UploadSlots, upload_slots_middleware
 from pixstream.ingress.keys import KAFKA_TIMEOUT, LIMITER, POOL, PRODUCER, SETTINGS, STORAGE
 from pixstream.ingress.problems import problem_middleware
 from pixstream.ingress.ratelimit import RateLimiter
@@ -31,13 +32,14 @@ def create_app(
 ) -> web.Application:
     """The ingress; `kafka_timeout` bounds the wait for the broker before a 503."""
     app = web.Application(
-        middlewares=[metrics_middleware, problem_middleware],
+        middlewares=[metrics_middleware, problem_middleware, upload_slots_middleware],
         # Uploads are streamed by the handler, which enforces the exact limit; this caps
         # every other way of reading a body at the same size.
         client_max_size=max_request_bytes(settings.max_upload_bytes),
     )
     app[SETTINGS] = settings
     app[LIMITER] = RateLimiter(settings.rate_limit_per_minute)
+    app[UPLOAD_SLOTS] = UploadSlots(settings.max_uploads_in_flight)
     app[KAFKA_TIMEOUT] = kafka_timeout
     app.cleanup_ctx.extend([_database, _storage, _producer])
     setup_routes(app)

@@ -29,6 +29,7 @@ from pixstream.errors import TransientError
 from pixstream.events import JOB_REQUESTED, JobRequested, SourceKey, make_event
 from pixstream.health import check_all
 from pixstream.ingress import openapi
+from pixstream.ingress.admission import check_upload
 from pixstream.ingress.keys import KAFKA_TIMEOUT, LIMITER, POOL, PRODUCER, SETTINGS, STORAGE
 from pixstream.ingress.models import (
     ErrorView,
@@ -88,6 +89,13 @@ async def post_job(request: web.Request) -> web.Response:
     spec = parse_spec(upload.spec, presets=settings.presets, max_steps=settings.max_steps)
     if spec.webhook_url is not None:
         netguard.check_url(spec.webhook_url, allow_private=settings.webhook_allow_private)
+    await asyncio.to_thread(  # headers and planned sizes only, but a big GIF takes a while
+        check_upload,
+        upload.data,
+        spec,
+        max_pixels=settings.max_pixels,
+        max_frames=settings.max_frames,
+    )
 
     job_id = await _accept(app, upload, spec, idempotency_key)
     location = f"/v1/jobs/{job_id}"
@@ -129,8 +137,9 @@ async def _accept(
     try:
         async with app[POOL].acquire(timeout=DB_ACQUIRE_TIMEOUT) as conn, conn.transaction():
             if idempotency_key is not None:
+                digest = await asyncio.to_thread(request_hash, upload.data, canonical)
                 claimed, created = await repository.claim_idempotency_key(
-                    conn, idempotency_key, request_hash(upload.data, canonical), job_id
+                    conn, idempotency_key, digest, job_id
                 )
                 if not created:
                     return claimed

@@ -7,7 +7,6 @@ bytes (the file name and the declared content type are not trusted).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -17,6 +16,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from pixstream import errors
 from pixstream.ingress.problems import BadRequest
 from pixstream.ops.codec import sniff_format
+from pixstream.spec import loads as load_spec
 
 CHUNK: Final = 64 * 1024
 #: aiohttp's multipart reader needs every read to cover at least the boundary.
@@ -146,11 +146,4 @@ async def _read_spec(part: BodyPartReader) -> Any:
         if len(buf) + len(chunk) > MAX_SPEC_BYTES:
             raise errors.InvalidSpec(f"spec: larger than {MAX_SPEC_BYTES} bytes")
         buf += chunk
-    try:
-        return json.loads(buf.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise errors.InvalidSpec(f"spec: not UTF-8 text ({exc.reason})") from exc
-    except json.JSONDecodeError as exc:
-        raise errors.InvalidSpec(
-            f"spec: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
-        ) from exc
+    return load_spec(bytes(buf))

@@ -124,7 +124,7 @@ def _gif_canvas_pixels(data: bytes) -> int:
     """The sum over a GIF's frames of its canvas, which a frame reaching past it grows."""
     width, height = struct.unpack_from("<HH", data, 6)
     flags = data[10]
-    pos = 13 + (3 << (flags & 7) if flags & 0x80 else 0)
+    pos = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)
     total = 0
     try:
         while pos < len(data) and data[pos] != 0x3B:  # ';' ends the stream
@@ -133,7 +133,7 @@ def _gif_canvas_pixels(data: bytes) -> int:
                 pos = _skip_sub_blocks(data, pos + 1)
             elif kind == 0x2C:  # image descriptor, optional local palette, LZW size, data
                 x, y, w, h, local = struct.unpack_from("<HHHHB", data, pos)
-                pos += 9 + (3 << (local & 7) if local & 0x80 else 0) + 1
+                pos += 9 + (3 << ((local & 7) + 1) if local & 0x80 else 0) + 1
                 pos = _skip_sub_blocks(data, pos)
                 width, height = max(width, x + w), max(height, y + h)
                 total += width * height
