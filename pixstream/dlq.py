@@ -8,23 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from pixstream import kafka
+from pixstream import redelivery as h
 from pixstream.settings import Settings
-from pixstream.worker import records as h
-
-DLQ_HEADERS = (
-    h.DLQ_TOPIC,
-    h.DLQ_PARTITION,
-    h.DLQ_OFFSET,
-    h.DLQ_ERROR_CLASS,
-    h.DLQ_ERROR_MESSAGE,
-    h.DLQ_ATTEMPTS,
-    h.DLQ_TIME,
-)
 
 
 @dataclass(frozen=True)
@@ -55,8 +46,7 @@ class DeadLetter:
         )
 
     def replay_headers(self) -> list[tuple[str, bytes]]:
-        kept = [(k, v) for k, v in self.headers if k not in DLQ_HEADERS]
-        return [*kept, (h.REPLAY_OF, f"dlq:{self.id}".encode())]
+        return h.replay_headers(self.headers, self.id)
 
 
 async def read_dead_letters(settings: Settings) -> list[DeadLetter]:
@@ -102,8 +92,8 @@ async def replay(
     results: list[tuple[DeadLetter, bool]] = []
     try:
         if dry_run:
-            done = {(r["partition"], r["offset"]) for r in await conn.fetch(_REPLAYED, dlq_topic)}
-            return [(d, (d.partition, d.offset) not in done) for d in letters]
+            done = await replayed_ids(conn, dlq_topic)
+            return [(d, d.id not in done) for d in letters]
         async with kafka.open_producer(settings) as producer:
             for letter in letters:
                 async with conn.transaction():
@@ -122,6 +112,11 @@ async def replay(
     finally:
         await conn.close()
     return results
+
+
+async def replayed_ids(conn: Any, dlq_topic: str) -> set[str]:
+    """The ids (`partition:offset`) of the dead letters of `dlq_topic` replayed already."""
+    return {f"{r['partition']}:{r['offset']}" for r in await conn.fetch(_REPLAYED, dlq_topic)}
 
 
 _REPLAYED = 'SELECT partition, "offset" FROM dead_letter_replays WHERE dlq_topic = $1'

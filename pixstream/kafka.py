@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.client import AIOKafkaClient
+from aiokafka.errors import KafkaError, KafkaTimeoutError
 
 from pixstream.settings import Settings
 
@@ -79,3 +80,14 @@ async def ping(settings: Settings, timeout_ms: int = 3_000) -> int:
         return len(client.cluster.brokers())
     finally:
         await client.close()
+
+
+def retriable(exc: BaseException) -> bool:
+    """Whether a failed Kafka request may succeed if sent again (the broker away, a leader
+    moving, a timeout), as aiokafka classifies its errors; a record too large, a topic that
+    does not exist or an authorisation failure will not. A batch that timed out
+    (KafkaTimeoutError, which aiokafka does not mark retriable) is sent again: the broker being
+    away is exactly that, and a duplicate is harmless downstream."""
+    if isinstance(exc, KafkaTimeoutError):
+        return True
+    return isinstance(exc, KafkaError) and bool(getattr(exc, "retriable", False))

@@ -70,3 +70,13 @@ BREAKER_OPEN: Final = Gauge(
     "1 while the circuit breaker of a webhook destination host is open.",
     ["host"],
 )
+COMMIT_HELD_SECONDS: Final = Gauge(
+    "pixstream_commit_held_seconds",
+    "Seconds a partition's commit has waited on one unhandled message while later ones are "
+    "done (0 when it moves freely), by topic and partition.",
+    ["topic", "partition"],
+)
+TRACKER_JOBS: Final = Gauge(
+    "pixstream_tracker_jobs",
+    "Jobs in this process's copy of the tracker's table (ended ones are pruned).",
+)

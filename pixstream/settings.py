@@ -114,10 +114,18 @@ class Settings(BaseSettings):
     # Worker
     worker_threads: int = Field(default=0, ge=0)  # 0: one per core
     retry_attempts: int = Field(default=5, ge=0)
-    # A job with no recorded progress for this long is sent through the pipeline again
-    # (everything is idempotent), and failed with `stalled` after max_redrives tries.
-    stall_seconds: float = Field(default=300.0, gt=0)
-    max_redrives: int = Field(default=3, ge=0)
+    # Tasks one op agent of one process renders at once: while one waits on S3 or Kafka,
+    # another uses the core. Safe because offsets commit only past finished tasks.
+    worker_concurrency: int = Field(default=2, gt=0)
+    # The reconciler's safety net: a job with no progress for this long, while nothing for it
+    # waits in any topic, retry tier or the DLQ, is sent through the pipeline again; after
+    # max_redrives it fails with `stalled` (through the tracker, so it ends once).
+    stall_seconds: float = Field(default=60.0, gt=0)
+    max_redrives: int = Field(default=2, ge=0)
+    # Ended jobs, idempotency keys, webhook deliveries and dead-letter replays older than this
+    # are deleted from PostgreSQL, and ended jobs from the tracker's table (tombstoned).
+    prune_after_seconds: int = Field(default=7 * 86_400, gt=0)
+    prune_interval_seconds: float = Field(default=600.0, gt=0)
     # Prometheus metrics of a worker process (0: off); the ingress serves its own at /metrics.
     worker_metrics_port: int = Field(default=9108, ge=0, le=65535)
 

@@ -1,10 +1,10 @@
 """The Faust application: topics as declared in topics/, raw bytes on the wire (validated by
-the pydantic event models, never `faust.Record`), and the agents wired to their handlers.
+the pydantic event models, never `faust.Record`), and one agent per topic, each a `Route`
+delivered by `handling.deliver`.
 
-Every agent keeps Faust's default concurrency of 1: faust-streaming has lost in-flight
-messages on rebalance with more (faust-streaming#606). A worker uses its cores through
-more processes in the same consumer group (`pixstream worker --processes N`) and through
-the Pillow thread pool.
+Offsets are committed by `commits.LedgerConsumer`: only past messages a route finished. That
+is also what makes several tasks in flight per op agent safe (`worker_concurrency`): they may
+finish out of order, and the commit still never passes an unfinished one.
 """
 
 from __future__ import annotations
@@ -13,27 +13,42 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import faust
 
+from pixstream.events import (
+    JOB_COMPLETED,
+    JOB_FAILED,
+    JOB_REQUESTED,
+    STEP_COMPLETED,
+    STEP_FAILED,
+)
 from pixstream.ops import OPERATIONS
+from pixstream.redelivery import ORIGIN_TOPIC, TIERS, Record
 from pixstream.settings import Settings
 from pixstream.topics import load_topics
+from pixstream.worker import planner, steps
+from pixstream.worker.commits import LedgerConsumer, LedgerTransport
+from pixstream.worker.handling import Message, Route, deliver
 from pixstream.worker.lag import LagMonitor
 from pixstream.worker.notifier import Deliveries, notify
-from pixstream.worker.planner import handle_job_request
+from pixstream.worker.pruning import Pruner, TablePruner
 from pixstream.worker.reconciler import Reconciler
 from pixstream.worker.recorder import record_event
-from pixstream.worker.records import NOT_BEFORE, ORIGIN_TOPIC, Record
 from pixstream.worker.resources import Resources
-from pixstream.worker.retry import TIERS
-from pixstream.worker.steps import handle_task
 from pixstream.worker.tracker import track
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[Record], Awaitable[None]]
+LIFECYCLE_TYPES = frozenset({JOB_REQUESTED, STEP_COMPLETED, STEP_FAILED, JOB_COMPLETED, JOB_FAILED})
+
+
+class WorkerApp(faust.App):
+    """A Faust app whose consumer commits by the ledger (see `commits`)."""
+
+    def _new_transport(self) -> Any:
+        return LedgerTransport(self.conf.broker_consumer, self)
 
 
 def _record(event: Any) -> Record:
@@ -50,7 +65,7 @@ def build_app(settings: Settings, ops: Sequence[str] | None = None) -> faust.App
     """The worker's Faust app running the op agents of `ops` (all when None) and the
     planner, tracker, recorder, notifier and retry relays, and the webhook delivery loop."""
     partitions = {t.name: t.partitions for t in load_topics(settings)}
-    app = faust.App(
+    app = WorkerApp(
         settings.app_id,
         broker=f"kafka://{settings.kafka_bootstrap}",
         # Tables live in memory and are rebuilt from their Kafka changelog on start.
@@ -82,18 +97,29 @@ def build_app(settings: Settings, ops: Sequence[str] | None = None) -> faust.App
             value_serializer="raw",
         )
 
-    def agent(name: str, source: Any, handle: Handler) -> None:
+    def agent(
+        source: Any, name: str, handle: Callable[[Record], Awaitable[None]], concurrency: int = 1
+    ) -> None:
         async def consume(stream: Any) -> None:
             await res.ready()
+            consumer = cast(LedgerConsumer, app.consumer)
             async for event in stream.events():
-                await handle(_record(event))
+                try:
+                    await handle(_record(event))
+                except Deferred:
+                    continue  # the partition moves on a rebalance: its next owner reads it
+                # Only now may the commit pass this offset (see `commits`); a handler that
+                # raised never gets here.
+                consumer.handled(event.message)
 
-        app.agent(source, name=name)(consume)
+        app.agent(source, name=name, concurrency=concurrency)(consume)
 
-    agent("planner", topic("jobs"), res.working(lambda r: handle_job_request(res, r)))
+    def routed(source: Any, route: Route, concurrency: int = 1) -> None:
+        agent(source, route.name, lambda r: deliver(route, r, res), concurrency)
 
+    routed(topic("jobs"), planner.route(res))
     for op in sorted(ops if ops is not None else OPERATIONS):
-        agent(f"op-{op}", topic(f"op.{op}"), res.working(lambda r, op=op: handle_task(res, r, op)))  # type: ignore[misc]
+        routed(topic(f"op.{op}"), steps.route(res, op), settings.worker_concurrency)
 
     jobs = app.Table(
         "jobs",
@@ -102,27 +128,47 @@ def build_app(settings: Settings, ops: Sequence[str] | None = None) -> faust.App
         key_type=str,
         value_type=None,
     )
-    events = topic("events")
-    agent("tracker", events, lambda r: track(res, jobs, r, app.producer.flush))
-    agent("recorder", events, lambda r: record_event(res, r))
-    agent("notifier", events, lambda r: notify(res, r))
+
+    pruner = TablePruner(jobs, partitions[settings.topic("events")], settings.prune_after_seconds)
+
+    async def lifecycle(message: Message[Any]) -> None:
+        # One agent per topic, so "handled" means every consumer of the event is done: the
+        # tracker (Faust table), the recorder (PostgreSQL) and the notifier (webhook rows).
+        await asyncio.gather(
+            track(res, jobs, message, app.producer.flush),
+            record_event(res, message),
+            notify(res, message),
+        )
+        pruner.after(message.record.partition)
+
+    routed(topic("events"), Route("lifecycle", LIFECYCLE_TYPES, lifecycle))
     # Sends the webhooks the notifier queued; added after `res`, so it stops before it.
     app.add_dependency(Deliveries(res, loop=res.loop))
 
     for tier in TIERS:
-        agent(f"relay-{tier.name}", topic(tier.name), lambda r: relay(res, r))
+        # Every partition of a retry topic is in due order, so a relay waiting for its head
+        # holds back nothing that is due sooner; concurrency covers the partitions it holds.
+        agent(topic(tier.name), f"relay-{tier.name}", lambda r: relay(app, res, r), concurrency=4)
     app.add_dependency(LagMonitor(settings, subscribed, loop=res.loop))
     app.add_dependency(Reconciler(res, loop=res.loop))
+    app.add_dependency(Pruner(res, loop=res.loop))
     return app
 
 
-async def relay(res: Resources, record: Record) -> None:
-    """Wait until a parked record is due, then send it back to the topic it came from."""
-    due = float(record.header(NOT_BEFORE) or 0)
-    if (wait := due - time.time()) > 0:
-        await asyncio.sleep(wait)
+class Deferred(Exception):
+    """Not handled now, and not a failure: the record stays uncommitted for whoever owns its
+    partition after the rebalance in progress (which seeks back to the commit)."""
+
+
+async def relay(app: faust.App, res: Resources, record: Record) -> None:
+    """Wait until a parked record is due, then send it back to the topic it came from. The
+    wait gives way to a rebalance, which must not wait minutes for a relay's sleep."""
+    while (wait := record.due - time.time()) > 0:
+        if app.rebalancing or res.stopping:
+            raise Deferred()
+        await asyncio.sleep(min(wait, 1.0))
     origin = record.header(ORIGIN_TOPIC)
     if origin is None:  # not ours to relay
-        await res.dead_letter(record, ValueError("retry record without origin"), attempts=0)
+        await res.dead_letter(record, ValueError("retry record without origin"))
         return
     await res.send(origin, record.value or b"", key=record.key_text, headers=record.headers)

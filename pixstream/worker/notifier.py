@@ -20,18 +20,20 @@ from yarl import URL
 from pixstream import errors, metrics
 from pixstream.db import deliveries
 from pixstream.db.deliveries import Delivery
+from pixstream.db.failures import DatabaseUnavailable, translated
 from pixstream.events import (
     JOB_COMPLETED,
     JOB_FAILED,
     CloudEvent,
+    Data,
     JobCompleted,
     JobFailed,
     parse_data,
 )
 from pixstream.netguard import guarded_session
 from pixstream.webhooks import Breakers, DeliveryResult, Outcome, deliver, next_delay
-from pixstream.worker.records import Record
-from pixstream.worker.resources import DB_DOWN, Resources
+from pixstream.worker.handling import Message
+from pixstream.worker.resources import Resources
 
 log = logging.getLogger(__name__)
 
@@ -73,17 +75,10 @@ def refreshed_body(body: bytes, sign_url: Callable[[str], str]) -> bytes:
 
 
 # -- the agent ------------------------------------------------------------------------------------
-async def notify(res: Resources, record: Record) -> None:
+async def notify(res: Resources, message: Message[Data]) -> None:
     """Queue one delivery per terminal event with a `webhook_url`; return once it is stored."""
-    try:
-        event = CloudEvent.parse(record.value or b"")
-        if event.type not in TERMINAL_TYPES:
-            return
-        data = parse_data(event)
-    except errors.InvalidEvent:
-        return  # the tracker dead-letters it
-    assert isinstance(data, JobCompleted | JobFailed)
-    if not data.webhook_url:
+    data, event = message.data, message.event
+    if not isinstance(data, JobCompleted | JobFailed) or not data.webhook_url:
         return
     body = with_output_urls(event, res.storage.presigned_url).to_bytes()
     url = data.webhook_url
@@ -201,9 +196,9 @@ class Deliveries(Service):
     async def _claim(self, limit: int) -> list[Delivery]:
         lease = self.res.settings.webhook_timeout_seconds + LEASE_MARGIN_SECONDS
         try:
-            async with self.res.pool.acquire() as conn:
+            async with translated(), self.res.pool.acquire() as conn:
                 return await deliveries.claim_due(conn, limit, lease)
-        except DB_DOWN as exc:
+        except DatabaseUnavailable as exc:
             log.warning("claiming webhook deliveries failed (%s); retrying", exc)
             return []
 

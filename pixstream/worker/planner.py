@@ -19,49 +19,53 @@ from pixstream.events import (
     SourceKey,
     TaskRequested,
     make_event,
-    parse_data,
 )
 from pixstream.plan import Plan
 from pixstream.spec import ID_PATTERN, JobSpec, parse_spec
-from pixstream.worker.records import Record
+from pixstream.worker.handling import Message, Route
 from pixstream.worker.resources import Resources
 from pixstream.worker.source import fetch_source, source_key
 
 log = logging.getLogger(__name__)
 
 
-async def handle_job_request(res: Resources, record: Record) -> None:
-    """Plan one record of the jobs topic; never raises for anything a message can contain."""
-    try:
-        event = CloudEvent.parse(record.value or b"")
-        if event.type != JOB_REQUESTED:
-            raise errors.InvalidEvent(f"type: expected {JOB_REQUESTED!r}, got {event.type!r}")
-    except errors.InvalidEvent as exc:
-        await res.dead_letter(record, exc, attempts=record.attempt + 1)
-        return
+def route(res: Resources) -> Route:
+    """The planner: job requests in, the job announced and its task sent."""
 
-    job_id = _job_id_of(event)
-    try:
-        request = parse_data(event)
-        assert isinstance(request, JobRequested)
-        spec = _validated_spec(res, request)
-        key = await _source_object(res, request)
-    except errors.TransientError as exc:
-        await res.retry_later(record, exc)
-        return
-    except errors.PermanentError as exc:
+    async def handle(message: Message[JobRequested]) -> None:
+        await plan_job(res, message)
+
+    async def refuse(message: Message[JobRequested], exc: errors.PermanentError) -> None:
+        await _fail(res, message.data.job_id, message.data.webhook_url, exc)
+
+    async def refuse_invalid(event: CloudEvent, exc: errors.InvalidEvent) -> bool:
+        job_id = _job_id_of(event)
         if job_id is None:  # nobody can be told: keep the message for a human
-            await res.dead_letter(record, exc, attempts=record.attempt + 1)
-            return
-        log.info("job refused: %s", exc.message, extra={"job_id": job_id, "code": exc.code})
-        failed = JobFailed(
-            job_id=job_id,
-            errors=[ErrorInfo(step=None, code=exc.code, message=exc.message)],
-            webhook_url=_webhook_of(event),
-        )
-        await res.emit(make_event(JOB_FAILED, failed), key=job_id)
-        return
+            return False
+        await _fail(res, job_id, _webhook_of(event), exc)
+        return True
 
+    return Route("planner", frozenset({JOB_REQUESTED}), handle, refuse, refuse_invalid)
+
+
+async def _fail(
+    res: Resources, job_id: str, webhook_url: str | None, exc: errors.PermanentError
+) -> None:
+    log.info("job refused: %s", exc.message, extra={"job_id": job_id, "code": exc.code})
+    failed = JobFailed(
+        job_id=job_id,
+        errors=[ErrorInfo(step=None, code=exc.code, message=exc.message)],
+        webhook_url=webhook_url,
+    )
+    await res.emit(make_event(JOB_FAILED, failed), key=job_id)
+
+
+async def plan_job(res: Resources, message: Message[JobRequested]) -> None:
+    """Validate one job request, make its source an object in the bucket, announce the job
+    and send its DAG as one task to the op topic of its first step."""
+    request, event = message.data, message.event
+    spec = _validated_spec(res, request)
+    key = await _source_object(res, request)
     accepted = request.model_copy(update={"steps": spec.steps, "source": SourceKey(key=key)})
     await res.emit(make_event(JOB_REQUESTED, accepted, source=event.source), key=request.job_id)
     plan = Plan.from_spec(spec)

@@ -35,6 +35,7 @@ class JobProgress(BaseModel):
     done: dict[str, OutputInfo | None] = Field(default_factory=dict)
     failed: dict[str, ErrorInfo] = Field(default_factory=dict)
     terminal: bool = False
+    finished_at: float | None = None  # epoch seconds, when it turned terminal (for pruning)
 
     @classmethod
     def start(cls, request: JobRequested) -> JobProgress:
@@ -57,9 +58,10 @@ class JobProgress(BaseModel):
     def resolved(self) -> bool:
         return all(s in self.done or s in self.failed for s in self.outputs)
 
-    def finish(self, job_id: str) -> tuple[str, JobCompleted | JobFailed]:
-        """Mark terminal and return the one terminal event's type and data."""
+    def finish(self, job_id: str, now: float) -> tuple[str, JobCompleted | JobFailed]:
+        """Mark terminal at `now` and return the one terminal event's type and data."""
         self.terminal = True
+        self.finished_at = now
         return self.outcome(job_id)
 
     def outcome(self, job_id: str) -> tuple[str, JobCompleted | JobFailed]:

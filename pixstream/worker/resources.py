@@ -15,28 +15,22 @@ from typing import Any, TypeVar
 import aiohttp
 import asyncpg
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from mode import Service
 
 from pixstream import kafka, metrics, netguard
+from pixstream.db.failures import retry_in_place
 from pixstream.events import CloudEvent
+from pixstream.redelivery import Record, dead_letter_copy, parked_headers, tier_for, truncated
 from pixstream.settings import Settings
 from pixstream.storage import Storage, open_storage
-from pixstream.worker.records import Record, dead_letter_headers, with_headers
-from pixstream.worker.retry import tier_for
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# Kafka or PostgreSQL being down cannot be parked anywhere: handlers wait for them, since
-# returning would let Faust acknowledge (and so lose) the message being handled.
 BACKOFF_MAX_SECONDS = 10.0
-DB_DOWN = (
-    OSError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.InterfaceError,
-)
+#: The producer's largest request (aiokafka's default); a bigger dead letter is cut to fit.
+MAX_RECORD_BYTES = 1_048_576
 
 
 class Resources(Service):
@@ -47,7 +41,6 @@ class Resources(Service):
         self.settings = settings
         self._stack = AsyncExitStack()
         self._ready = asyncio.Event()
-        self._last_work = time.monotonic()
         self.producer: AIOKafkaProducer
         self.storage: Storage
         self.pool: asyncpg.Pool
@@ -79,23 +72,9 @@ class Resources(Service):
         await self._ready.wait()
         return self
 
-    # -- activity, for the reconciler -----------------------------------------------------
-    def working(
-        self, handle: Callable[[Record], Awaitable[None]]
-    ) -> Callable[[Record], Awaitable[None]]:
-        """`handle`, noting when this process last had planning or rendering to do."""
-
-        async def noted(record: Record) -> None:
-            self._last_work = time.monotonic()
-            try:
-                await handle(record)
-            finally:
-                self._last_work = time.monotonic()
-
-        return noted
-
-    def idle_seconds(self) -> float:
-        return time.monotonic() - self._last_work
+    @property
+    def stopping(self) -> bool:
+        return bool(self.should_stop)
 
     # -- CPU work ---------------------------------------------------------------------
     async def in_thread(self, fn: Callable[..., T], *args: Any) -> T:
@@ -103,37 +82,30 @@ class Resources(Service):
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     # -- writing to PostgreSQL ------------------------------------------------------------
-    async def write_db(
-        self, write: Callable[[Any], Awaitable[None]], *, what: str, job_id: str
-    ) -> None:
-        """Run `write` on a connection, retrying in place while PostgreSQL is down."""
-        delay = 0.5
-        while True:
-            try:
-                async with self.pool.acquire() as conn:
-                    await write(conn)
-                return
-            except DB_DOWN as exc:
-                if self.should_stop:
-                    raise
-                log.warning(
-                    "%s failed (%s); retrying in %.1fs", what, exc, delay, extra={"job_id": job_id}
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, BACKOFF_MAX_SECONDS)
+    async def write_db(self, write: Callable[[Any], Awaitable[T]], *, what: str, job_id: str) -> T:
+        """Run `write` on a connection, retrying in place while PostgreSQL is unavailable."""
+
+        async def attempt() -> T:
+            async with self.pool.acquire() as conn:
+                return await write(conn)
+
+        return await retry_in_place(
+            attempt, what=what, stopping=lambda: self.stopping, extra={"job_id": job_id}
+        )
 
     # -- writing to Kafka ---------------------------------------------------------------
     async def send(
         self, topic: str, value: bytes, *, key: str, headers: Sequence[tuple[str, bytes]] = ()
     ) -> None:
-        """A confirmed write; retried until Kafka takes it or the worker stops."""
+        """A confirmed write, retried in place while the error is one Kafka calls retriable
+        (the broker away, a leader moving, a timeout); any other KafkaError is raised."""
         delay = 0.5
         while True:
             try:
                 await kafka.send(self.producer, topic, value, key=key, headers=headers)
                 return
             except KafkaError as exc:
-                if self.should_stop:
+                if self.stopping or not kafka.retriable(exc):
                     raise
                 log.warning("kafka send to %s failed (%s); retrying in %.1fs", topic, exc, delay)
                 await asyncio.sleep(delay)
@@ -143,24 +115,14 @@ class Resources(Service):
         """Publish a lifecycle event on `<prefix>.events`, keyed by job id."""
         await self.send(self.settings.topic("events"), event.to_bytes(), key=key)
 
-    async def retry_later(self, record: Record, error: BaseException) -> None:
+    async def park(self, record: Record, error: BaseException) -> None:
         """Park a transiently failed record in a retry topic, or dead-letter it when the
         budget is spent."""
         attempt = record.attempt + 1
         if attempt > self.settings.retry_attempts:
-            await self.dead_letter(record, error, attempts=attempt)
+            await self.dead_letter(record, error)
             return
         tier = tier_for(attempt)
-        origin = record.origin()
-        headers = with_headers(
-            record.headers,
-            pixstream_attempt=str(attempt),
-            pixstream_origin_topic=origin.topic,
-            pixstream_origin_partition=str(origin.partition),
-            pixstream_origin_offset=str(origin.offset),
-            # Wall-clock, not loop time: another process's relay reads it.
-            pixstream_not_before=f"{time.time() + tier.delay_seconds:.3f}",
-        )
         log.warning(
             "transient failure, retrying in %.0fs: %s",
             tier.delay_seconds,
@@ -172,23 +134,32 @@ class Resources(Service):
             self.settings.topic(tier.name),
             record.value or b"",
             key=record.key_text,
-            headers=headers,
+            headers=parked_headers(record, attempt, time.time()),
         )
 
-    async def dead_letter(self, record: Record, error: BaseException, *, attempts: int) -> None:
-        """Move a record that cannot be processed to the DLQ, with its context in headers."""
+    async def dead_letter(self, record: Record, error: BaseException) -> None:
+        """Move a record that cannot be processed to the DLQ, with its context in headers;
+        one too large for the topic goes as a truncated copy pointing at the original."""
+        letter = dead_letter_copy(record, error, record.attempt + 1)
         original = record.origin()
         log.error(
             "dead-lettering a record from %s: %s: %s",
             original.topic,
             type(error).__name__,
             error,
-            extra={"key": record.key_text, "attempts": attempts},
+            extra={"key": record.key_text, "attempts": record.attempt + 1},
         )
         metrics.DEAD_LETTERS.labels(topic=original.topic, error=type(error).__name__).inc()
-        await self.send(
-            self.settings.topic("dlq"),
-            record.value or b"",
-            key=record.key_text,
-            headers=dead_letter_headers(original, error, attempts),
-        )
+        topic = self.settings.topic("dlq")
+        try:
+            await self.send(topic, letter.value, key=record.key_text, headers=letter.headers)
+        except MessageSizeTooLargeError:
+            cut = truncated(letter, MAX_RECORD_BYTES)
+            log.warning(
+                "dead letter of %d bytes cut to %d to fit %s",
+                len(letter.value),
+                len(cut.value),
+                topic,
+                extra={"key": record.key_text},
+            )
+            await self.send(topic, cut.value, key=record.key_text, headers=cut.headers)

@@ -20,30 +20,53 @@ from pixstream.events import (
     StepFailed,
     TaskRequested,
     make_event,
-    parse_data,
 )
 from pixstream.plan import Plan
 from pixstream.render import Rendered, render
 from pixstream.spec import JobSpec
-from pixstream.worker.records import Record
+from pixstream.worker.handling import Message, Route
 from pixstream.worker.resources import Resources
 
 log = logging.getLogger(__name__)
 
 
-async def handle_task(res: Resources, record: Record, op: str) -> None:
-    """Run one task record; never raises for anything a message or a dependency can do."""
-    try:
-        event = CloudEvent.parse(record.value or b"")
-        if event.type != TASK_REQUESTED:
-            raise errors.InvalidEvent(f"type: expected {TASK_REQUESTED!r}, got {event.type!r}")
-        task = parse_data(event)
-        assert isinstance(task, TaskRequested)
-        plan = Plan.from_spec(JobSpec(steps=task.steps))
-    except errors.PermanentError as exc:  # not a task we can even start
-        await res.dead_letter(record, exc, attempts=record.attempt + 1)
-        return
+def route(res: Resources, op: str) -> Route:
+    """The op agent of `op`: tasks in, outputs and step events out."""
 
+    async def handle(message: Message[TaskRequested]) -> None:
+        await render_task(res, message, op)
+
+    async def refuse(message: Message[TaskRequested], exc: errors.PermanentError) -> None:
+        # The source itself is at fault (or the task cannot be planned): every step fails.
+        task = message.data
+        metrics.TASKS.labels(op=op, outcome="failed").inc()
+        log.info("task failed: %s", exc.message, extra={"job_id": task.job_id, "code": exc.code})
+        ops = {s.id: s.op for s in task.steps}
+        await _report(
+            res,
+            [
+                make_event(
+                    STEP_FAILED,
+                    StepFailed(
+                        job_id=task.job_id,
+                        step=sid,
+                        op=ops[sid],
+                        code=exc.code,
+                        message=exc.message,
+                    ),
+                )
+                for sid in ops
+            ],
+            task.job_id,
+        )
+
+    return Route(f"op-{op}", frozenset({TASK_REQUESTED}), handle, refuse)
+
+
+async def render_task(res: Resources, message: Message[TaskRequested], op: str) -> None:
+    """Render one task and report every step; raises a classified error for the entry point."""
+    task, record = message.data, message.record
+    plan = Plan.from_spec(JobSpec(steps=task.steps))
     extra = {
         "job_id": task.job_id,
         "op": op,
@@ -60,35 +83,9 @@ async def handle_task(res: Resources, record: Record, op: str) -> None:
             )
         )
         outputs = await _store(res, task.job_id, rendered)
-    except errors.TransientError as exc:
+    except errors.TransientError:
         metrics.TASKS.labels(op=op, outcome="retry").inc()
-        await res.retry_later(record, exc)
-        return
-    except errors.PermanentError as exc:  # the source itself: every step fails with it
-        metrics.TASKS.labels(op=op, outcome="failed").inc()
-        log.info("task failed: %s", exc.message, extra={**extra, "code": exc.code})
-        await _report(
-            res,
-            [
-                make_event(
-                    STEP_FAILED,
-                    StepFailed(
-                        job_id=task.job_id,
-                        step=s,
-                        op=plan.steps[s].spec.op,
-                        code=exc.code,
-                        message=exc.message,
-                    ),
-                )
-                for s in plan.order
-            ],
-            task.job_id,
-        )
-        return
-    except Exception as exc:  # a bug: park it with its context instead of losing it
-        log.exception("task crashed", extra=extra)
-        await res.dead_letter(record, exc, attempts=record.attempt + 1)
-        return
+        raise
 
     metrics.OP_SECONDS.labels(op=op).observe(time.perf_counter() - started)
     metrics.TASKS.labels(op=op, outcome="completed" if rendered.ok else "failed").inc()

@@ -5,20 +5,19 @@ event per accepted job."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from pixstream import errors
 from pixstream.events import (
-    CloudEvent,
+    Data,
     JobRequested,
     StepCompleted,
     StepFailed,
     make_event,
-    parse_data,
 )
+from pixstream.worker.handling import Message
 from pixstream.worker.progress import JobProgress
-from pixstream.worker.records import Record
 from pixstream.worker.resources import Resources
 
 log = logging.getLogger(__name__)
@@ -27,17 +26,13 @@ Table = MutableMapping[str, Any]
 
 
 async def track(
-    res: Resources, table: Table, record: Record, flush_changelog: Callable[[], Awaitable[None]]
+    res: Resources,
+    table: Table,
+    message: Message[Data],
+    flush_changelog: Callable[[], Awaitable[None]],
 ) -> None:
     """Apply one event to its job's progress; emit the terminal event when it resolves."""
-    try:
-        event = CloudEvent.parse(record.value or b"")
-        data = parse_data(event)
-    except errors.InvalidEvent as exc:
-        # The tracker alone dead-letters bad events; recorder and notifier just skip them.
-        await res.dead_letter(record, exc, attempts=record.attempt + 1)
-        return
-
+    data = message.data
     if isinstance(data, JobRequested):
         known = table.get(data.job_id)
         if known is None:
@@ -64,7 +59,7 @@ async def track(
     if not progress.resolved:
         table[data.job_id] = progress.to_json()
         return
-    event_type, terminal = progress.finish(data.job_id)
+    event_type, terminal = progress.finish(data.job_id, time.time())
     table[data.job_id] = progress.to_json()
     # The changelog must say "terminal" before the world hears it, so a crash right after
     # the emit cannot make a restarted tracker emit it again.

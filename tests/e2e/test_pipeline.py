@@ -8,6 +8,7 @@ import asyncpg
 import pytest
 from PIL import Image
 
+from pixstream import redelivery as hdr
 from pixstream.events import (
     JOB_COMPLETED,
     JOB_FAILED,
@@ -19,7 +20,6 @@ from pixstream.events import (
 )
 from pixstream.kafka import open_consumer
 from pixstream.storage import open_storage, s3_client
-from pixstream.worker import records as hdr
 from tests.e2e.conftest import Pipeline
 from tests.harness import (
     CONTRACT_STEPS,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from pixstream import redelivery as h
 from pixstream.events import (
     JOB_COMPLETED,
     JOB_FAILED,
@@ -14,11 +15,9 @@ from pixstream.events import (
     StepCompleted,
     StepFailed,
 )
+from pixstream.redelivery import TIERS, Record, dead_letter_headers, tier_for, with_headers
 from pixstream.spec import StepSpec
-from pixstream.worker import records as h
 from pixstream.worker.progress import JobProgress
-from pixstream.worker.records import Record, dead_letter_headers, with_headers
-from pixstream.worker.retry import TIERS, tier_for
 
 pytestmark = pytest.mark.unit
 
@@ -51,7 +50,7 @@ def test_progress_knows_the_outputs_and_completes_once() -> None:
         StepCompleted(job_id="j1", step="thumb", op="thumbnail", output=_out("thumb"))
     )
     assert progress.resolved
-    kind, data = progress.finish("j1")
+    kind, data = progress.finish("j1", 1.0)
     assert kind == JOB_COMPLETED
     assert set(data.outputs) == {"webp", "thumb"}
     # After the terminal event, anything else is a late duplicate.
@@ -69,7 +68,7 @@ def test_progress_drops_duplicates_and_fails_with_the_step_errors() -> None:
         StepFailed(job_id="j1", step="webp", op="convert", code="corrupt_image", message="bad")
     )
     assert progress.resolved
-    kind, data = progress.finish("j1")
+    kind, data = progress.finish("j1", 1.0)
     assert kind == JOB_FAILED
     assert isinstance(data, JobFailed)
     assert [(e.step, e.code) for e in data.errors] == [("webp", "corrupt_image")]

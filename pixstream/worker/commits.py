@@ -1,0 +1,185 @@
+"""What the worker commits: an offset moves past a message only once a handler finished it.
+
+faust-streaming decides what to commit from its acks, and it acks messages no agent handled:
+the stream acks every message it skips because it was fetched before a rebalance
+(`message.generation_id != app.consumer_generation_id`, or flow control paused, in
+`faust/streams.py` `_py_aiter`), and it acks the current message when the agent raises,
+in the same `finally`. Its `Consumer._new_offset` then commits the first run of consecutive
+acked offsets; the check that the run starts at the committed offset is skipped when that
+offset is 0 or unknown (`if committed_offset:`) and allows one missing offset otherwise
+(`min(acked) - committed_offset > 1`). So after a worker dies and the group rebalances, a
+survivor can commit past messages that were fetched, skipped and re-fetched but not yet
+handled; if it dies too before handling them, they are never seen again
+(faust-streaming#596, #606; the reproduction is tests/unit/test_commits.py).
+
+PixStream owns this decision instead. `CommitLedger` holds, per partition, where the group's
+commit stands and which offsets our handlers finished; the commit moves only across an
+unbroken run of finished offsets. Offsets in PixStream's topics are contiguous (the producers
+are idempotent, not transactional, and no consumed topic is compacted), so that run is exactly
+"every message before it was handled". `LedgerConsumer` plugs the ledger into Faust's
+consumer at the two places it computes commits; Faust's acks still drive its own bookkeeping
+(what a rebalance waits for) but no longer decide an offset.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
+from faust.types.tuples import ack_lock
+from mode.utils.futures import notify
+
+from pixstream import metrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Partition:
+    base: int | None = None  # the group's committed offset while we hold the partition
+    done: set[int] = field(default_factory=set)
+    since: float = field(default_factory=time.monotonic)  # when `base` last moved
+
+
+class CommitLedger:
+    """Per partition: the committed offset and the offsets handled since. Pure and
+    single-threaded (it lives on the worker's event loop)."""
+
+    def __init__(self) -> None:
+        self._parts: dict[TP, _Partition] = {}
+
+    def handled(self, tp: TP, offset: int) -> None:
+        """A handler finished the message at `offset`: its effects are durable."""
+        part = self._parts.setdefault(tp, _Partition())
+        if part.base is None or offset >= part.base:
+            part.done.add(offset)
+
+    def needs_base(self) -> list[TP]:
+        """Partitions with handled offsets whose committed offset is not known yet."""
+        return [tp for tp, part in self._parts.items() if part.base is None and part.done]
+
+    def start(self, tp: TP, committed: int) -> None:
+        """The group's commit for `tp` stands at `committed` (the next offset to handle)."""
+        part = self._parts.setdefault(tp, _Partition())
+        part.base = committed
+        part.done = {o for o in part.done if o >= committed}
+        part.since = time.monotonic()
+
+    def forget(self, tp: TP) -> None:
+        """`tp` was revoked: whoever gets it next starts from the group's commit."""
+        self._parts.pop(tp, None)
+
+    def pending(self) -> Iterator[TP]:
+        """Partitions whose commit may move."""
+        return (tp for tp, part in self._parts.items() if part.base is not None and part.done)
+
+    def advance(self, tp: TP) -> int | None:
+        """The offset to commit for `tp` now (past every handled message before it), or None
+        when the next message to commit has not been handled."""
+        part = self._parts.get(tp)
+        if part is None or part.base is None or part.base not in part.done:
+            return None
+        offset = part.base
+        while offset in part.done:
+            part.done.discard(offset)
+            offset += 1
+        part.base = offset
+        part.since = time.monotonic()
+        return offset
+
+    def waiting(self, now: float | None = None) -> dict[TP, tuple[int, float]]:
+        """Partitions whose commit is held by an unhandled message while later ones are done:
+        (the held offset, seconds held). A long hold means a message is slow or was dropped
+        before reaching a handler; the commit stays put either way, so nothing is lost."""
+        now = time.monotonic() if now is None else now
+        return {
+            tp: (part.base, now - part.since)
+            for tp, part in self._parts.items()
+            if part.base is not None and part.done and part.base not in part.done
+        }
+
+
+def _partitions(tps: Iterable[TP], topics: Any) -> Iterator[TP]:
+    return (tp for tp in tps if topics is None or tp in topics or tp.topic in topics)
+
+
+class LedgerConsumer(faust_aiokafka.Consumer):
+    """Faust's aiokafka consumer, committing what the ledger says instead of what was acked."""
+
+    ledger: CommitLedger
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.ledger = CommitLedger()
+
+    def ack(self, message: Any) -> bool:
+        # Faust's own bookkeeping of an ack (what `wait_empty` waits for during a rebalance),
+        # without recording the offset as committable: only `handled()` does that.
+        with ack_lock:
+            if message.acked:
+                return False
+            message.acked = True
+            self._unacked_messages.discard(message)
+            notify(self._waiting_for_ack)
+            return True
+
+    def handled(self, message: Any) -> None:
+        self.ledger.handled(message.tp, message.offset)
+
+    async def force_commit(self, topics: Any = None, start_new_transaction: bool = True) -> bool:
+        await self._learn_bases()
+        return bool(await super().force_commit(topics, start_new_transaction))
+
+    async def _learn_bases(self) -> None:
+        """Read the group's committed offset of newly held partitions from the broker (the
+        log start when nothing was committed yet)."""
+        assignment = self.assignment()
+        for tp in self.ledger.needs_base():
+            if tp not in assignment:
+                self.ledger.forget(tp)
+                continue
+            committed = await self._committed(tp)
+            if committed is None:
+                committed = (await self.earliest_offsets(tp)).get(tp)
+            if committed is not None:
+                self.ledger.start(tp, committed)
+
+    async def _committed(self, tp: TP) -> int | None:
+        thread = self._thread
+        offset = await thread.call_thread(thread._ensure_consumer().committed, tp)
+        return int(offset) if offset is not None and offset >= 0 else None
+
+    def _filter_tps_with_pending_acks(self, topics: Any = None) -> Iterator[TP]:
+        return _partitions(list(self.ledger.pending()), topics)
+
+    def _new_offset(self, tp: TP) -> int | None:
+        return self.ledger.advance(tp)
+
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        await super().on_partitions_revoked(revoked)
+        for tp in revoked:
+            self.ledger.forget(tp)
+
+    def report(self) -> None:
+        """Export how long each partition's commit has been held (a metric and a log line)."""
+        for tp, (offset, seconds) in self.ledger.waiting().items():
+            metrics.COMMIT_HELD_SECONDS.labels(topic=tp.topic, partition=str(tp.partition)).set(
+                seconds
+            )
+            if seconds > 60:
+                log.warning(
+                    "the commit of %s[%d] waits on offset %d for %.0fs",
+                    tp.topic,
+                    tp.partition,
+                    offset,
+                    seconds,
+                )
+
+
+class LedgerTransport(faust_aiokafka.Transport):
+    Consumer = LedgerConsumer
