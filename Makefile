@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 PIX    := $(BIN)/pixstream
+# The official AsyncAPI CLI, which a unit test runs on schemas/asyncapi.json (Node.js >= 20).
+ASYNCAPI := deploy/asyncapi/node_modules/.bin/asyncapi
 
 .DEFAULT_GOAL := help
 .PHONY: help install up down run test lint fmt bench bench-ops corpus
@@ -16,7 +18,14 @@ $(PIX): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	@touch $@
 
-install: $(PIX)  ## create .venv with PixStream and its dev tools
+# --ignore-scripts: the CLI's postinstall would append to ~/.bashrc and a dependency's would
+# send install analytics; `asyncapi validate` needs neither. --loglevel=error: the one warning
+# is that @asyncapi/bundler, which `validate` does not use, asks for Node.js 24.
+$(ASYNCAPI): deploy/asyncapi/package.json deploy/asyncapi/package-lock.json
+	cd deploy/asyncapi && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	@touch $@
+
+install: $(PIX) $(ASYNCAPI)  ## create .venv with PixStream and its dev tools, and the AsyncAPI CLI
 
 up: $(PIX)  ## start the local stack (Kafka, PostgreSQL, MinIO), apply topics and migrations
 	$(PIX) stack up
@@ -29,7 +38,7 @@ down: $(PIX)  ## stop the local stack (data stays in .pixstream/)
 run: up  ## set up if needed, then run ingress + workers (pixstream dev)
 	$(PIX) dev
 
-test: up  ## run the whole test suite against the real services
+test: up $(ASYNCAPI)  ## run the whole test suite against the real services
 	$(BIN)/pytest
 
 lint: $(PIX)  ## ruff and mypy --strict

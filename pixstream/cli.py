@@ -116,16 +116,17 @@ def topics_apply(settings: Settings, dry_run: bool, path: Path | None) -> None:
 
 @main.group()
 def schemas() -> None:
-    """JSON Schemas of the events, generated from the models."""
+    """JSON Schemas of the events and the AsyncAPI document, generated from the models."""
 
 
 @schemas.command("write")
 @click.option("--dir", "directory", type=click.Path(path_type=Path), default=Path("schemas"))
 def schemas_write(directory: Path) -> None:
-    """Write schemas/ from the pydantic models."""
+    """Write schemas/ (JSON Schemas and asyncapi.json) from the pydantic models."""
+    from pixstream import asyncapi
     from pixstream.schemas import write
 
-    for path in write(directory):
+    for path in [*write(directory), asyncapi.write(directory)]:
         click.echo(f"wrote {path}")
 
 

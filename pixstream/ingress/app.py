@@ -13,6 +13,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from aiokafka import AIOKafkaProducer
 
+from pixstream import asyncapi
 from pixstream.db.repository import open_pool
 from pixstream.ingress.admission import UPLOAD_SLOTS, UploadSlots, upload_slots_middleware
 from pixstream.ingress.keys import KAFKA_TIMEOUT, LIMITER, POOL, PRODUCER, SETTINGS, STORAGE
@@ -43,7 +44,13 @@ def create_app(
     app[KAFKA_TIMEOUT] = kafka_timeout
     app.cleanup_ctx.extend([_database, _storage, _producer])
     setup_routes(app)
+    app.router.add_get("/asyncapi.json", get_asyncapi, name="asyncapi")
     return app
+
+
+async def get_asyncapi(request: web.Request) -> web.Response:
+    """The AsyncAPI document of the Kafka interface, naming this deployment's topics."""
+    return web.json_response(asyncapi.document(request.app[SETTINGS].topic_prefix))
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:

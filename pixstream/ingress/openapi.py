@@ -170,6 +170,18 @@ def _paths() -> dict[str, Any]:
                 },
             }
         },
+        "/asyncapi.json": {
+            "get": {
+                "operationId": "asyncapi",
+                "summary": "The AsyncAPI 3.0 document of the Kafka interface",
+                "responses": {
+                    "200": {
+                        "description": "AsyncAPI 3.0, with this deployment's topic names",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    }
+                },
+            }
+        },
         "/": {
             "get": {
                 "operationId": "index",

@@ -23,6 +23,7 @@ def test_document_shape() -> None:
         "/v1/operations",
         "/v1/presets",
         "/openapi.json",
+        "/asyncapi.json",
         "/health",
         "/metrics",
         "/",
