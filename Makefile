@@ -7,7 +7,7 @@ PIX    := $(BIN)/pixstream
 ASYNCAPI := deploy/asyncapi/node_modules/.bin/asyncapi
 
 .DEFAULT_GOAL := help
-.PHONY: help install up down run test lint fmt bench bench-ops corpus
+.PHONY: help install up down run test lint fmt bench bench-ops corpus fuzz
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -56,6 +56,10 @@ bench/corpus/MANIFEST.tsv:
 
 bench-ops: $(PIX) corpus  ## time PixStream's operations against a plain Pillow loop
 	$(BIN)/python -m bench.ops bench/corpus
+
+FUZZ_SECONDS ?= 600
+fuzz: $(PIX)  ## fuzz the decoders for FUZZ_SECONDS (crashers go to tests/data/fuzz)
+	$(BIN)/python -m bench.fuzz --seconds $(FUZZ_SECONDS) --seed $$(date +%s)
 
 bench: up corpus  ## operations vs plain Pillow, then the pipeline with 1 and 2 worker processes
 	$(BIN)/python -m bench.ops bench/corpus
