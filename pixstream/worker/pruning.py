@@ -34,6 +34,8 @@ PRUNE_SQL: Final = {
     " WHERE created_at < now() - make_interval(secs => $1)",
     "webhook_deliveries": "DELETE FROM webhook_deliveries WHERE state <> 'pending'"
     " AND updated_at < now() - make_interval(secs => $1)",
+    "render_starts": "DELETE FROM render_starts"
+    " WHERE updated_at < now() - make_interval(secs => $1)",
 }
 PRUNE_REPLAYS: Final = (
     "DELETE FROM dead_letter_replays WHERE replayed_at < now() - make_interval(secs => $1)"

@@ -172,8 +172,17 @@ class Reconciler(Service):
         spec = json.loads(job["spec"])
         extra = {"job_id": job_id, "redrives": redrives}
         self.redrives += 1
+        request = JobRequested(
+            job_id=job_id,
+            steps=[StepSpec.model_validate(s) for s in spec["steps"]],
+            webhook_url=job["webhook_url"],
+            source=SourceKey(key=job["source_key"] or Plan.raw_key(job_id, "unknown")),
+        )
         if redrives > res.settings.max_redrives or job["source_key"] is None:
             log.error("job stalled; failing it", extra=extra)
+            # The tracker may never have heard of the job (its request is what was lost): it
+            # learns the job first, then its outputs' failures, in order on one partition.
+            await res.emit(make_event(JOB_REQUESTED, request), key=job_id)
             for step in unresolved_outputs(spec, json.loads(job["steps"])):
                 failed = StepFailed(
                     job_id=job_id,
@@ -185,12 +194,6 @@ class Reconciler(Service):
                 await res.emit(make_event(STEP_FAILED, failed), key=job_id)
             return
         log.warning("job stalled; sending it through the pipeline again", extra=extra)
-        request = JobRequested(
-            job_id=job_id,
-            steps=[StepSpec.model_validate(s) for s in spec["steps"]],
-            webhook_url=job["webhook_url"],
-            source=SourceKey(key=job["source_key"]),
-        )
         await res.send(
             res.settings.topic("jobs"),
             make_event(JOB_REQUESTED, request).to_bytes(),

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 from typing import Any, TypeVar
 
@@ -24,6 +22,7 @@ from pixstream.events import CloudEvent
 from pixstream.redelivery import Record, dead_letter_copy, parked_headers, tier_for, truncated
 from pixstream.settings import Settings
 from pixstream.storage import Storage, open_storage
+from pixstream.worker.renderpool import RenderPool
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -45,17 +44,16 @@ class Resources(Service):
         self.storage: Storage
         self.pool: asyncpg.Pool
         self.http: aiohttp.ClientSession
-        self.executor = ThreadPoolExecutor(
-            max_workers=settings.worker_threads or os.cpu_count() or 1,
-            thread_name_prefix="pixstream-pillow",
-        )
+        self.renderer: RenderPool
 
     async def on_start(self) -> None:
         s = self.settings
         self.producer = await self._stack.enter_async_context(kafka.open_producer(s))
         self.storage = await self._stack.enter_async_context(open_storage(s))
+        self.renderer = await self._stack.enter_async_context(RenderPool.from_settings(s))
+        # min_size 0: a worker starts (and serves Kafka) while PostgreSQL restarts.
         self.pool = await asyncpg.create_pool(
-            s.database_url.get_secret_value(), min_size=1, max_size=5
+            s.database_url.get_secret_value(), min_size=0, max_size=5, command_timeout=10
         )
         self._stack.push_async_callback(self.pool.close)
         self.http = netguard.guarded_session(
@@ -66,7 +64,6 @@ class Resources(Service):
 
     async def on_stop(self) -> None:
         await self._stack.aclose()
-        self.executor.shutdown(wait=True, cancel_futures=True)
 
     async def ready(self) -> Resources:
         await self._ready.wait()
@@ -75,11 +72,6 @@ class Resources(Service):
     @property
     def stopping(self) -> bool:
         return bool(self.should_stop)
-
-    # -- CPU work ---------------------------------------------------------------------
-    async def in_thread(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run Pillow work off the event loop (Pillow releases the GIL in its codecs)."""
-        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     # -- writing to PostgreSQL ------------------------------------------------------------
     async def write_db(self, write: Callable[[Any], Awaitable[T]], *, what: str, job_id: str) -> T:

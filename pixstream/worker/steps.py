@@ -10,6 +10,7 @@ import logging
 import time
 
 from pixstream import errors, metrics
+from pixstream.db import render_starts
 from pixstream.events import (
     STEP_COMPLETED,
     STEP_FAILED,
@@ -22,12 +23,20 @@ from pixstream.events import (
     make_event,
 )
 from pixstream.plan import Plan
-from pixstream.render import Rendered, render
+from pixstream.render import Rendered
 from pixstream.spec import JobSpec
 from pixstream.worker.handling import Message, Route
 from pixstream.worker.resources import Resources
 
 log = logging.getLogger(__name__)
+
+#: Renders of one task that may end without an answer (the renderer or the worker died)
+#: before the task is failed with worker_crashed.
+MAX_CRASHES = 2
+
+
+class RenderInterrupted(errors.TransientError):
+    """The render process died; the task is tried again once."""
 
 
 def route(res: Resources, op: str) -> Route:
@@ -75,17 +84,49 @@ async def render_task(res: Resources, message: Message[TaskRequested], op: str) 
         "offset": record.offset,
     }
     started = time.perf_counter()
-    try:
-        source = await res.storage.get(task.source_key, max_bytes=res.settings.max_upload_bytes)
-        rendered = await res.in_thread(
-            lambda: render(
-                source, plan, max_pixels=res.settings.max_pixels, max_frames=res.settings.max_frames
-            )
+    crashes = (
+        await res.write_db(
+            lambda conn: render_starts.start(conn, message.event.id, task.job_id),
+            what="counting a render start",
+            job_id=task.job_id,
         )
+        - 1
+    )
+    try:
+        if crashes >= MAX_CRASHES:
+            raise errors.RendererCrashed(
+                f"rendering this task was interrupted {crashes} times (the renderer or its "
+                "worker died); given up"
+            )
+        source = await res.storage.get(task.source_key, max_bytes=res.settings.max_upload_bytes)
+        try:
+            rendered = await res.renderer.render(
+                source,
+                task.steps,
+                max_pixels=res.settings.max_pixels,
+                max_frames=res.settings.max_frames,
+            )
+        except errors.RendererCrashed as exc:
+            if crashes + 1 >= MAX_CRASHES:
+                raise
+            # Once may be the host (the OOM killer, a recycled child): try again, counted.
+            raise RenderInterrupted(exc.message) from exc
         outputs = await _store(res, task.job_id, rendered)
-    except errors.TransientError:
+    except RenderInterrupted:
         metrics.TASKS.labels(op=op, outcome="retry").inc()
         raise
+    except errors.TransientError:
+        metrics.TASKS.labels(op=op, outcome="retry").inc()
+        await res.write_db(
+            lambda conn: render_starts.not_a_crash(conn, message.event.id),
+            what="uncounting a render start",
+            job_id=task.job_id,
+        )
+        raise
+    except errors.PermanentError:
+        await _concluded(res, message)
+        raise
+    await _concluded(res, message)
 
     metrics.OP_SECONDS.labels(op=op).observe(time.perf_counter() - started)
     metrics.TASKS.labels(op=op, outcome="completed" if rendered.ok else "failed").inc()
@@ -116,6 +157,14 @@ async def render_task(res: Resources, message: Message[TaskRequested], op: str) 
             )
     await _report(res, events, task.job_id)
     log.info("task done in %.0f ms", (time.perf_counter() - started) * 1000, extra=extra)
+
+
+async def _concluded(res: Resources, message: Message[TaskRequested]) -> None:
+    await res.write_db(
+        lambda conn: render_starts.conclude(conn, message.event.id),
+        what="concluding a render",
+        job_id=message.data.job_id,
+    )
 
 
 async def _store(res: Resources, job_id: str, rendered: Rendered) -> dict[str, OutputInfo]:

@@ -51,7 +51,14 @@ def _terminal_counts(pipeline: Pipeline, jobs: list[str]) -> dict[str, int]:
 
 
 async def _post_jobs(api: TestClient[Any, Any], data: bytes, count: int) -> list[str]:
+    # As many at once as the ingress takes in flight (PIXSTREAM_MAX_UPLOADS_IN_FLIGHT).
+    room = asyncio.Semaphore(8)
+
     async def post() -> str:
+        async with room:
+            return await post_one()
+
+    async def post_one() -> str:
         form = aiohttp.FormData()
         form.add_field("file", data, filename="photo.jpg", content_type="image/jpeg")
         form.add_field("spec", json.dumps(CONTRACT_SPEC), content_type="application/json")

@@ -1,0 +1,110 @@
+"""What the worker commits. The first tests reproduce, on faust-streaming's own consumer, how
+it commits past a message no agent handled; the rest pin the ledger that replaced it."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import faust
+import pytest
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
+from faust.types.tuples import Message
+
+from pixstream.worker.commits import CommitLedger, LedgerConsumer, LedgerTransport
+
+pytestmark = pytest.mark.unit
+
+TOPIC = "pixstream.op.resize"
+TP0 = TP(TOPIC, 0)
+
+
+def _message(offset: int) -> Message:
+    return Message(
+        topic=TOPIC,
+        partition=0,
+        offset=offset,
+        timestamp=0.0,
+        timestamp_type=0,
+        headers=None,
+        key=b"job",
+        value=b"task",
+        checksum=None,
+    )
+
+
+@pytest.fixture
+def app() -> faust.App:
+    app = faust.App("commits-test", broker="kafka://127.0.0.1:9092", web_enabled=False)
+    cast(Any, app.topics)._acking_topics.add(TOPIC)
+    return app
+
+
+def _consumer(app: faust.App, transport: type[Any]) -> Any:
+    return transport("kafka://127.0.0.1:9092", app).create_consumer(
+        callback=lambda message: None,
+        on_partitions_revoked=lambda revoked: None,
+        on_partitions_assigned=lambda assigned: None,
+    )
+
+
+@pytest.mark.parametrize("committed", [None, 10])
+def test_faust_commits_past_a_message_it_acked_without_an_agent(
+    app: faust.App, committed: int | None
+) -> None:
+    # The message at the committed offset is still being rendered; the three after it were
+    # fetched before a rebalance and skipped by the stream, which acks what it skips.
+    consumer = _consumer(app, faust_aiokafka.Transport)
+    base = committed or 0
+    consumer._committed_offset[TP0] = committed
+    skipped = [base + 1, base + 2, base + 3]
+    for offset in skipped:
+        consumer.ack(_message(offset))
+    # Stock faust-streaming commits past the unfinished message at `base`: lost if this
+    # worker dies before it handles the re-fetched copy (faust-streaming#596, #606).
+    assert consumer._new_offset(TP0) == base + 4
+
+
+@pytest.mark.parametrize("committed", [None, 10])
+def test_the_ledger_consumer_commits_only_what_a_handler_finished(
+    app: faust.App, committed: int | None
+) -> None:
+    consumer = _consumer(app, LedgerTransport)
+    assert isinstance(consumer, LedgerConsumer)
+    base = committed or 0
+    consumer.ledger.start(TP0, base)
+    for offset in (base + 1, base + 2, base + 3):
+        assert consumer.ack(_message(offset))  # Faust's bookkeeping still sees the ack
+    assert consumer._new_offset(TP0) is None
+    assert list(consumer._filter_tps_with_pending_acks()) == []
+    for offset in (base + 1, base + 2, base + 3):
+        consumer.handled(_message(offset))
+    assert consumer._new_offset(TP0) is None  # `base` is still being rendered
+    consumer.handled(_message(base))
+    assert consumer._new_offset(TP0) == base + 4
+
+
+def test_ledger_moves_over_out_of_order_completions_only_when_unbroken() -> None:
+    ledger = CommitLedger()
+    ledger.handled(TP0, 7)  # handled before the committed offset was known
+    assert ledger.needs_base() == [TP0]
+    ledger.start(TP0, 5)
+    assert ledger.advance(TP0) is None
+    ledger.handled(TP0, 6)
+    assert ledger.advance(TP0) is None
+    assert ledger.waiting(now=float("inf"))[TP0][0] == 5
+    ledger.handled(TP0, 5)
+    assert ledger.advance(TP0) == 8
+    assert ledger.advance(TP0) is None
+    assert ledger.waiting() == {}
+
+
+def test_ledger_ignores_offsets_below_the_commit_and_forgets_revoked_partitions() -> None:
+    ledger = CommitLedger()
+    ledger.start(TP0, 100)
+    ledger.handled(TP0, 99)  # a stale copy from an earlier generation
+    assert ledger.advance(TP0) is None
+    ledger.handled(TP0, 100)
+    ledger.forget(TP0)  # revoked before the commit: the next owner handles 100 again
+    assert ledger.advance(TP0) is None
+    assert list(ledger.pending()) == []
