@@ -96,8 +96,8 @@ class Settings(BaseSettings):
     max_frames: int = Field(default=100, gt=0)
     # `max_pixels` bounds every frame, all frames of an animation together, and every step's
     # output. Submissions read at once by the ingress (each holds up to ~2x max_upload_bytes);
-    # one more is answered 503 with Retry-After.
-    max_uploads_in_flight: int = Field(default=8, gt=0)
+    # one more waits up to 2 s for a slot, then is answered 503 with Retry-After.
+    max_uploads_in_flight: int = Field(default=16, gt=0)
     # Address-space limit (RLIMIT_AS) of each render process: a bomb past the checks ends
     # that process with worker_crashed, not the worker. Virtual memory: leave room above RSS.
     render_memory_limit_bytes: int = Field(default=1_200_000_000, gt=0)

@@ -1,12 +1,13 @@
 """What the ingress lets in: a bounded number of submissions at once, and only uploads whose
 headers and planned step sizes are within the pixel budget.
 
-Both exist so that hostile traffic costs little: a submission past the cap is answered 503 at
-once (nothing read), and an exploding spec is a 422 computed from headers, never from pixels.
+Both exist so that hostile traffic costs little: a submission past the cap waits briefly, then
+is answered 503 (nothing read), and an exploding spec is a 422 computed from headers alone.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Final
 
 from aiohttp import web
@@ -17,7 +18,8 @@ from pixstream.ops import codec
 from pixstream.plan import Plan
 from pixstream.spec import JobSpec
 
-#: Seconds a client is asked to wait when every upload slot is taken; uploads are short.
+#: How long a submission waits for an upload slot before a 503, and the Retry-After sent.
+SLOT_WAIT_SECONDS: Final = 2.0
 BUSY_RETRY_AFTER: Final = 1
 
 
@@ -43,20 +45,23 @@ def check_upload(data: bytes, spec: JobSpec, *, max_pixels: int, max_frames: int
 
 class UploadSlots:
     """At most `limit` submissions in flight, each holding up to about twice the upload limit
-    in memory; the next one is refused at once rather than queued (a queue holds memory too)."""
+    in memory. One more waits up to `wait` seconds for a slot (its body unread, so it holds
+    only what the socket buffers), then is refused: bursts pass, a flood is answered 503."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, wait: float = SLOT_WAIT_SECONDS) -> None:
         self.limit = limit
-        self.busy = 0  # only touched on the event loop: no lock needed
+        self.wait = wait
+        self._free = asyncio.Semaphore(limit)
 
-    def try_acquire(self) -> bool:
-        if self.busy >= self.limit:
+    async def acquire(self) -> bool:
+        try:
+            await asyncio.wait_for(self._free.acquire(), self.wait)
+        except TimeoutError:
             return False
-        self.busy += 1
         return True
 
     def release(self) -> None:
-        self.busy -= 1
+        self._free.release()
 
 
 UPLOAD_SLOTS = web.AppKey("upload_slots", UploadSlots)
@@ -68,7 +73,7 @@ async def upload_slots_middleware(request: web.Request, handler: Handler) -> web
     if request.match_info.route.name != "post_job":
         return await handler(request)
     slots = request.app[UPLOAD_SLOTS]
-    if not slots.try_acquire():
+    if not await slots.acquire():
         raise web.HTTPServiceUnavailable(
             headers={"Retry-After": str(BUSY_RETRY_AFTER)},
             text=f"{slots.limit} uploads are already in flight; retry shortly",
