@@ -18,13 +18,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Final
 
-import asyncpg
 from aiohttp import web
 from aiokafka.errors import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pixstream import kafka, netguard
 from pixstream.db import repository
+from pixstream.db.failures import DatabaseUnavailable, translated
 from pixstream.errors import TransientError
 from pixstream.events import JOB_REQUESTED, JobRequested, SourceKey, make_event
 from pixstream.health import check_all
@@ -60,7 +60,6 @@ DB_ACQUIRE_TIMEOUT: Final = 5.0
 SEND_MARGIN: Final = 2.0
 _IDEMPOTENCY_KEY: Final = re.compile(r"^[\x21-\x7e]{1,255}$")  # visible ASCII, like a token
 _JOB_ID: Final = re.compile(ID_PATTERN)
-_DB_ERRORS: Final = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 
 
 def _json(model: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -134,30 +133,31 @@ async def _accept(
             source=SourceKey(key=key),
         ),
     )
-    try:
-        async with app[POOL].acquire(timeout=DB_ACQUIRE_TIMEOUT) as conn, conn.transaction():
-            if idempotency_key is not None:
-                digest = await asyncio.to_thread(request_hash, upload.data, canonical)
-                claimed, created = await repository.claim_idempotency_key(
-                    conn, idempotency_key, digest, job_id
-                )
-                if not created:
-                    return claimed
-            await repository.create_job(
-                conn,
-                job_id=job_id,
-                spec_json=canonical,
-                steps_total=len(spec.steps),
-                source_key=key,
-                webhook_url=spec.webhook_url,
+    async with (
+        translated(),
+        app[POOL].acquire(timeout=DB_ACQUIRE_TIMEOUT) as conn,
+        conn.transaction(),
+    ):
+        if idempotency_key is not None:
+            digest = await asyncio.to_thread(request_hash, upload.data, canonical)
+            claimed, created = await repository.claim_idempotency_key(
+                conn, idempotency_key, digest, job_id
             )
-            await app[STORAGE].put(key, upload.data, upload.content_type)
-            await _publish(app, job_id, event.to_bytes())
-            # Leaving the block commits. Should the commit itself fail after the send, the
-            # event exists without a row: the recorder then makes the row from the event, so
-            # the job is still processed and visible (a 503 can then mean "maybe accepted").
-    except _DB_ERRORS as exc:
-        raise TransientError(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
+            if not created:
+                return claimed
+        await repository.create_job(
+            conn,
+            job_id=job_id,
+            spec_json=canonical,
+            steps_total=len(spec.steps),
+            source_key=key,
+            webhook_url=spec.webhook_url,
+        )
+        await app[STORAGE].put(key, upload.data, upload.content_type)
+        await _publish(app, job_id, event.to_bytes())
+        # Leaving the block commits. Should the commit itself fail after the send, the
+        # event exists without a row: the recorder then makes the row from the event, so
+        # the job is still processed and visible (a 503 can then mean "maybe accepted").
     UPLOAD_BYTES.observe(len(upload.data))
     log.info("job accepted", extra={"job_id": job_id, "format": upload.format})
     return job_id
@@ -185,12 +185,9 @@ async def get_job(request: web.Request) -> web.Response:
     job_id = request.match_info["job_id"]
     if not _JOB_ID.match(job_id):
         raise NotFound(f"no job {job_id!r} (job ids are 1-64 letters, digits, '-' or '_')")
-    try:
-        async with app[POOL].acquire(timeout=DB_ACQUIRE_TIMEOUT) as conn:
-            job = await repository.get_job(conn, job_id)
-            hook = await repository.webhook_status(conn, job_id) if job is not None else None
-    except _DB_ERRORS as exc:
-        raise TransientError(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
+    async with translated(), app[POOL].acquire(timeout=DB_ACQUIRE_TIMEOUT) as conn:
+        job = await repository.get_job(conn, job_id)
+        hook = await repository.webhook_status(conn, job_id) if job is not None else None
     if job is None:
         raise NotFound(f"no job {job_id!r}")
     view = job_view(job, hook, app, now=datetime.now(UTC))
@@ -259,9 +256,9 @@ async def get_health(request: web.Request) -> web.Response:
 
 async def get_metrics(request: web.Request) -> web.Response:
     try:
-        async with request.app[POOL].acquire(timeout=DB_ACQUIRE_TIMEOUT) as conn:
+        async with translated(), request.app[POOL].acquire(timeout=DB_ACQUIRE_TIMEOUT) as conn:
             counts = await repository.count_jobs_by_status(conn)
-    except _DB_ERRORS as exc:
+    except DatabaseUnavailable as exc:
         # The process metrics are still worth scraping; the job gauge keeps its last value.
         log.warning("metrics: jobs by status unavailable: %s", exc)
     else:
