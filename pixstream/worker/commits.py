@@ -1,16 +1,18 @@
 """What the worker commits: an offset moves past a message only once a handler finished it.
 
-faust-streaming decides what to commit from its acks, and it acks messages no agent handled:
-the stream acks every message it skips because it was fetched before a rebalance
-(`message.generation_id != app.consumer_generation_id`, or flow control paused, in
-`faust/streams.py` `_py_aiter`), and it acks the current message when the agent raises,
-in the same `finally`. Its `Consumer._new_offset` then commits the first run of consecutive
-acked offsets; the check that the run starts at the committed offset is skipped when that
-offset is 0 or unknown (`if committed_offset:`) and allows one missing offset otherwise
-(`min(acked) - committed_offset > 1`). So after a worker dies and the group rebalances, a
-survivor can commit past messages that were fetched, skipped and re-fetched but not yet
-handled; if it dies too before handling them, they are never seen again
-(faust-streaming#596, #606; the reproduction is tests/unit/test_commits.py).
+faust-streaming decides what to commit from its acks, and both halves of that can pass an
+unfinished message (faust-streaming 0.15.3, `faust/transport/consumer.py`):
+- it acks the message an agent was handling when the agent raises or is cancelled, in the
+  `finally` of the stream iterator (`_cython/streams.pyx` `after()`, `streams.py` `_py_aiter`);
+- `Consumer._new_offset` commits the first run of consecutive acked offsets, and its check
+  that the run starts at the committed offset C lets C itself be missing
+  (`min(acked) - committed_offset > 1`) and is skipped when C is 0 or unknown
+  (`if committed_offset:`): never-committed partitions, and every partition between a
+  revoke (which pops C) and the next seek, while `wait_empty` commits;
+- offsets the fetcher skipped over are added to the acked ones as a "gap" (`_add_gap`).
+With agent concurrency above one, or a message that raised, an offset is then committed
+past a message no agent finished; a worker killed before it handles it loses it for good
+(faust-streaming#606 and its open fix #707; #596; the reproduction is tests/unit/test_commits.py).
 
 PixStream owns this decision instead. `CommitLedger` holds, per partition, where the group's
 commit stands and which offsets our handlers finished; the commit moves only across an

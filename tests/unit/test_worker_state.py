@@ -120,3 +120,27 @@ def test_origin_survives_retries_and_dead_letter_headers_name_it() -> None:
     assert headers[h.DLQ_ERROR_MESSAGE] == b"broken"
     assert headers[h.DLQ_ATTEMPTS] == b"3"
     assert headers["trace"] == b"abc"
+
+
+def test_the_table_pruner_deletes_only_old_ended_jobs_of_its_partition() -> None:
+    from pixstream.worker.pruning import TablePruner
+    from pixstream.worker.reconciler import partition_for
+
+    ended = _progress()
+    ended.finish("j1", now=1_000.0)
+    running = _progress()
+    table = {f"job-{n}": ended.to_json() for n in range(40)}
+    table["job-running"] = running.to_json()
+    partition = partition_for("job-0", 4)
+    pruner = TablePruner(table, partitions=4, older_than=100.0)
+
+    deleted = pruner.after(partition, now=1_050.0)  # ended 50 s ago: kept
+    assert deleted == 0
+    pruner._last.clear()
+    deleted = pruner.after(partition, now=2_000.0)
+    mine = {f"job-{n}" for n in range(40) if partition_for(f"job-{n}", 4) == partition}
+    assert deleted == len(mine) > 0
+    assert not mine & set(table)
+    assert "job-running" in table
+    assert len(table) == 41 - len(mine)
+    assert pruner.after(partition, now=2_001.0) == 0  # at most once a minute per partition
