@@ -152,9 +152,7 @@ class Plan:
         sizes = {SOURCE: source}
         for sid in self.order:
             step = self.steps[sid]
-            sizes[sid] = step.check_budget(
-                sizes[step.input], frames=frames, max_pixels=max_pixels
-            )
+            sizes[sid] = step.check_budget(sizes[step.input], frames=frames, max_pixels=max_pixels)
 
     def draft_size(self, src_w: int, src_h: int) -> Size | None:
         """The largest size any root path needs from the source; None when one needs it all."""
