@@ -7,7 +7,7 @@ PIX    := $(BIN)/pixstream
 ASYNCAPI := deploy/asyncapi/node_modules/.bin/asyncapi
 
 .DEFAULT_GOAL := help
-.PHONY: help install up down run test lint fmt bench bench-ops corpus fuzz
+.PHONY: help install up down run test lint fmt bench bench-ops corpus chaos fuzz
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -65,3 +65,8 @@ bench: up corpus  ## operations vs plain Pillow, then the pipeline with 1 and 2 
 	$(BIN)/python -m bench.ops bench/corpus
 	$(BIN)/python -m bench.pipeline bench/corpus --processes 1
 	$(BIN)/python -m bench.pipeline bench/corpus --processes 2
+
+MINUTES ?= 5
+RUNS    ?= 5
+chaos: up  ## the fault suite: RUNS runs of MINUTES minutes of faults (figures in docs/reliability.md)
+	$(BIN)/python -m bench.chaos --minutes $(MINUTES) --runs $(RUNS)
