@@ -96,6 +96,11 @@ async def replay(
             return [(d, d.id not in done) for d in letters]
         async with kafka.open_producer(settings) as producer:
             for letter in letters:
+                if letter.header(h.DLQ_TRUNCATED):
+                    # Only a cut copy: replaying it would send a corrupt message. The whole
+                    # value is at the original topic/partition/offset while retained.
+                    results.append((letter, False))
+                    continue
                 async with conn.transaction():
                     claimed = await conn.fetchval(
                         _CLAIM, dlq_topic, letter.partition, letter.offset, letter.original_topic

@@ -41,6 +41,8 @@ from pixstream.worker.tracker import track
 
 log = logging.getLogger(__name__)
 
+#: How long an agent waits before reading again a record it could not deal with.
+REREAD_SECONDS = 5.0
 LIFECYCLE_TYPES = frozenset({JOB_REQUESTED, STEP_COMPLETED, STEP_FAILED, JOB_COMPLETED, JOB_FAILED})
 
 
@@ -108,6 +110,15 @@ def build_app(settings: Settings, ops: Sequence[str] | None = None) -> faust.App
                     await handle(_record(event))
                 except Deferred:
                     continue  # the partition moves on a rebalance: its next owner reads it
+                except Exception:
+                    if res.stopping:
+                        raise
+                    # Not dealt with (the DLQ refused it): read it again from here, later;
+                    # its commit is held meanwhile, so nothing after it is lost either.
+                    log.exception("%s could not deal with a record; reading it again", name)
+                    await asyncio.sleep(REREAD_SECONDS)
+                    await consumer.seek(event.message.tp, event.message.offset)
+                    continue
                 # Only now may the commit pass this offset (see `commits`); a handler that
                 # raised never gets here.
                 consumer.handled(event.message)

@@ -143,15 +143,22 @@ class Resources(Service):
         )
         metrics.DEAD_LETTERS.labels(topic=original.topic, error=type(error).__name__).inc()
         topic = self.settings.topic("dlq")
-        try:
-            await self.send(topic, letter.value, key=record.key_text, headers=letter.headers)
-        except MessageSizeTooLargeError:
-            cut = truncated(letter, MAX_RECORD_BYTES)
-            log.warning(
-                "dead letter of %d bytes cut to %d to fit %s",
-                len(letter.value),
-                len(cut.value),
-                topic,
-                extra={"key": record.key_text},
-            )
-            await self.send(topic, cut.value, key=record.key_text, headers=cut.headers)
+        room = MAX_RECORD_BYTES
+        copy = letter
+        while True:
+            try:
+                await self.send(topic, copy.value, key=record.key_text, headers=copy.headers)
+                return
+            except MessageSizeTooLargeError:
+                if not copy.value:
+                    raise  # the headers alone do not fit: the DLQ must be fixed
+                # The topic's limit may be below the producer's: shrink until it fits.
+                copy = truncated(letter, room)
+                room //= 4
+                log.warning(
+                    "dead letter of %d bytes cut to %d to fit %s",
+                    len(letter.value),
+                    len(copy.value),
+                    topic,
+                    extra={"key": record.key_text},
+                )
