@@ -78,8 +78,9 @@ HEADER = """# Reliability: the fault suite's figures
 stack (two `pixstream worker` processes, the ingress, jobs through HTTP and produced straight
 to Kafka, a webhook receiver on loopback) under a seeded schedule: a worker SIGKILLed every
 10-30 s and restarted after 1-5 s, poison records on an op topic followed by valid jobs, the
-broker SIGKILLed and restarted, PostgreSQL restarted, S3 (a private MinIO) hung 20 s and hung
-past the retry budget (then `pixstream dlq replay --all`), the DLQ refusing a dead letter
+broker SIGKILLed and restarted, PostgreSQL restarted, S3 (a private MinIO) hung 20 s, and
+hung past the retry budget (SIGSTOPped until attempts time out, then killed until jobs are
+dead-lettered, then back, then `pixstream dlq replay --all`), the DLQ refusing a dead letter
 (`max.message.bytes` 1024: the source offset must stay uncommitted), a poison too big for the
 DLQ (dead-lettered as a truncated copy). The oracles: every accepted job ends, once (one
 terminal event id; repeats of the same id are "duplicates delivered"), terminal in
@@ -87,9 +88,10 @@ PostgreSQL, outputs in S3 decodable by Pillow, one `webhook-id` per job with sig
 for the `standardwebhooks` package, every partition of every consumed topic committed to its
 end, zero re-drives by the reconciler, every job terminal within 120 s of the last fault.
 
-Settings are the project's defaults except `retry_attempts`: with the default 5 the budget of
-a hung S3 is over 8 minutes (each attempt waits out botocore's 3 x 30 s read timeouts, plus
-the 5 s / 30 s / 2 min tiers), so the run lowers it to 1 to reach the DLQ in ~3.5 minutes.
+Settings are the project's defaults except `retry_attempts`, lowered to 1: a hung S3 costs an
+attempt 2 to 2.5 minutes (botocore's 3 x 30 s read timeouts), and the planner takes one job
+at a time, so with the default 5 a job behind others would reach the DLQ only after tens of
+minutes.
 """
 
 
