@@ -588,6 +588,10 @@ class ChaosRun:
             if p.exists()
         )
 
+    async def _dead_lettered(self, key: str) -> bool:
+        letters = await read_dead_letters(self.settings)
+        return any((d.key or b"").decode() == key for d in letters)
+
     async def _a_job_dead_lettered(self) -> bool:
         try:
             letters = await read_dead_letters(self.settings)
@@ -624,18 +628,22 @@ class ChaosRun:
             self.poison_keys[key] = "dlq-refuses"
             tp = TopicPartition(topic, meta.partition)
             passed = await self._committed_passes(tp, meta.offset, within=20.0)
+            # Read while the limit holds: what was written before the commit moved.
+            lettered = await self._dead_lettered(key)
         finally:
             await self._topic_config(dlq)
-        # Taken again, the dead letter would go through; nothing retries it but a rebalance.
+        # Refused until now, the dead letter goes through once the DLQ takes it again.
         alone = await self._committed_passes(tp, meta.offset, within=15.0)
         worker = self.rng.randrange(len(self.workers))
         await self._kill(Fault(0, "kill", worker=worker, pause=fault.pause))
-        if passed:
-            self.report.check(
-                "a refused dead letter keeps its offset uncommitted",
-                False,
-                f"{topic}[{meta.partition}] committed past {meta.offset}",
-            )
+        # The invariant: the offset is committed only once a dead letter (whole or cut to
+        # what the DLQ takes) is written; never past a record that has none.
+        self.report.check(
+            "a dead letter the DLQ refuses never lets its offset be committed",
+            lettered or not passed,
+            f"{topic}[{meta.partition}]@{meta.offset}: committed past {passed},"
+            f" dead letter written {lettered}",
+        )
         return (
             f"DLQ max.message.bytes=1024 for 20s, 4000-byte poison at {topic}[{meta.partition}]"
             f"@{meta.offset}: committed past it: {passed}; DLQ restored, past it 15s later"
