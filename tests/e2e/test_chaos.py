@@ -36,7 +36,7 @@ async def test_two_workers_killed_and_a_poison_record_lose_nothing_and_repeat_no
         ).run()
     finally:
         await drop_database(services, url)
-    print(report.summary())
+    (tmp_path / "report.txt").write_text(report.summary())  # next to the workers' logs
     assert sum(f.name == "kill" for f in report.faults) >= 2
     assert report.jobs >= 10
     assert report.ok, report.summary()
