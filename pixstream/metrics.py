@@ -80,3 +80,9 @@ TRACKER_JOBS: Final = Gauge(
     "pixstream_tracker_jobs",
     "Jobs in this process's copy of the tracker's table (ended ones are pruned).",
 )
+REREADS: Final = Counter(
+    "pixstream_rereads_total",
+    "Partitions read again from a message that was dropped before a handler finished it, by "
+    "topic (a rebalance cleared the buffers, a relay deferred it, a handler gave it back).",
+    ["topic"],
+)

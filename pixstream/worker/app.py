@@ -41,8 +41,6 @@ from pixstream.worker.tracker import track
 
 log = logging.getLogger(__name__)
 
-#: How long an agent waits before reading again a record it could not deal with.
-REREAD_SECONDS = 5.0
 LIFECYCLE_TYPES = frozenset({JOB_REQUESTED, STEP_COMPLETED, STEP_FAILED, JOB_COMPLETED, JOB_FAILED})
 
 
@@ -106,22 +104,23 @@ def build_app(settings: Settings, ops: Sequence[str] | None = None) -> faust.App
             await res.ready()
             consumer = cast(LedgerConsumer, app.consumer)
             async for event in stream.events():
+                message = event.message
+                consumer.taken(message)
                 try:
                     await handle(_record(event))
                 except Deferred:
-                    continue  # the partition moves on a rebalance: its next owner reads it
+                    consumer.given_back(message)  # read again after the rebalance
+                    continue
                 except Exception:
                     if res.stopping:
                         raise
-                    # Not dealt with (the DLQ refused it): read it again from here, later;
-                    # its commit is held meanwhile, so nothing after it is lost either.
-                    log.exception("%s could not deal with a record; reading it again", name)
-                    await asyncio.sleep(REREAD_SECONDS)
-                    await consumer.seek(event.message.tp, event.message.offset)
+                    # Not dealt with (the DLQ refused it): its commit is held, and the
+                    # consumer reads the partition again from it (commits.REREAD_AFTER_SECONDS).
+                    log.exception("%s could not deal with a record; it will be read again", name)
+                    consumer.given_back(message)
                     continue
-                # Only now may the commit pass this offset (see `commits`); a handler that
-                # raised never gets here.
-                consumer.handled(event.message)
+                # Only now may the commit pass this offset (see `commits`).
+                consumer.handled(message)
 
         app.agent(source, name=name, concurrency=concurrency)(consume)
 

@@ -34,40 +34,63 @@ from typing import Any
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 from faust.types.tuples import ack_lock
+from mode import Service
 from mode.utils.futures import notify
 
 from pixstream import metrics
 
 log = logging.getLogger(__name__)
 
+#: How often the consumer looks for dropped messages, and how long a commit must have waited
+#: on one no handler holds before the partition is read again from it.
+REREAD_CHECK_SECONDS = 2.0
+REREAD_AFTER_SECONDS = 6.0
+
 
 @dataclass
 class _Partition:
     base: int | None = None  # the group's committed offset while we hold the partition
-    done: set[int] = field(default_factory=set)
+    done: set[int] = field(default_factory=set)  # handled, past `base`
+    busy: set[int] = field(default_factory=set)  # with a handler now
+    seen: int = -1  # the highest offset a handler was given
     since: float = field(default_factory=time.monotonic)  # when `base` last moved
 
 
 class CommitLedger:
-    """Per partition: the committed offset and the offsets handled since. Pure and
-    single-threaded (it lives on the worker's event loop)."""
+    """Per partition: the committed offset, the offsets being handled and those handled since.
+    Pure and single-threaded (it lives on the worker's event loop)."""
 
     def __init__(self) -> None:
         self._parts: dict[TP, _Partition] = {}
 
+    def _part(self, tp: TP) -> _Partition:
+        return self._parts.setdefault(tp, _Partition())
+
+    def taken(self, tp: TP, offset: int) -> None:
+        """A handler was given the message at `offset`."""
+        part = self._part(tp)
+        part.busy.add(offset)
+        part.seen = max(part.seen, offset)
+
     def handled(self, tp: TP, offset: int) -> None:
         """A handler finished the message at `offset`: its effects are durable."""
-        part = self._parts.setdefault(tp, _Partition())
+        part = self._part(tp)
+        part.busy.discard(offset)
+        part.seen = max(part.seen, offset)
         if part.base is None or offset >= part.base:
             part.done.add(offset)
 
+    def given_back(self, tp: TP, offset: int) -> None:
+        """A handler gave the message at `offset` back unfinished (it must be read again)."""
+        self._part(tp).busy.discard(offset)
+
     def needs_base(self) -> list[TP]:
-        """Partitions with handled offsets whose committed offset is not known yet."""
-        return [tp for tp, part in self._parts.items() if part.base is None and part.done]
+        """Partitions given to handlers whose committed offset is not known yet."""
+        return [tp for tp, part in self._parts.items() if part.base is None and part.seen >= 0]
 
     def start(self, tp: TP, committed: int) -> None:
         """The group's commit for `tp` stands at `committed` (the next offset to handle)."""
-        part = self._parts.setdefault(tp, _Partition())
+        part = self._part(tp)
         part.base = committed
         part.done = {o for o in part.done if o >= committed}
         part.since = time.monotonic()
@@ -94,15 +117,25 @@ class CommitLedger:
         part.since = time.monotonic()
         return offset
 
-    def waiting(self, now: float | None = None) -> dict[TP, tuple[int, float]]:
-        """Partitions whose commit is held by an unhandled message while later ones are done:
-        (the held offset, seconds held). A long hold means a message is slow or was dropped
-        before reaching a handler; the commit stays put either way, so nothing is lost."""
+    def held(self, now: float | None = None) -> dict[TP, tuple[int, float]]:
+        """Partitions whose commit waits on an unfinished message while handlers have gone
+        past it: (that offset, seconds it has held the commit)."""
         now = time.monotonic() if now is None else now
         return {
             tp: (part.base, now - part.since)
             for tp, part in self._parts.items()
-            if part.base is not None and part.done and part.base not in part.done
+            if part.base is not None and part.seen >= part.base and part.base not in part.done
+        }
+
+    def holes(self, min_age: float, now: float | None = None) -> dict[TP, int]:
+        """Partitions whose commit has waited `min_age` seconds on a message that no handler
+        holds although handlers went past it: it was dropped on the way (a rebalance cleared
+        the buffers, a relay deferred it, a handler gave it back). Reading the partition again
+        from that offset is the only way it comes back."""
+        return {
+            tp: offset
+            for tp, (offset, age) in self.held(now).items()
+            if age >= min_age and offset not in self._parts[tp].busy
         }
 
 
@@ -130,8 +163,36 @@ class LedgerConsumer(faust_aiokafka.Consumer):
             notify(self._waiting_for_ack)
             return True
 
+    def taken(self, message: Any) -> None:
+        self.ledger.taken(message.tp, message.offset)
+
     def handled(self, message: Any) -> None:
         self.ledger.handled(message.tp, message.offset)
+
+    def given_back(self, message: Any) -> None:
+        self.ledger.given_back(message.tp, message.offset)
+
+    @Service.timer(REREAD_CHECK_SECONDS)
+    async def _reread_holes(self) -> None:
+        """Seek back to every dropped message, so the partition is read again from there
+        (what comes after it again too: handled twice, harmlessly)."""
+        self.report()
+        if self.app.rebalancing:
+            return  # the rebalance ends with a seek to the commit anyway
+        assignment = self.assignment()
+        for tp, offset in self.ledger.holes(REREAD_AFTER_SECONDS).items():
+            if tp not in assignment:
+                continue
+            log.warning(
+                "offset %d of %s[%d] was dropped before a handler finished it; reading the "
+                "partition again from there",
+                offset,
+                tp.topic,
+                tp.partition,
+            )
+            metrics.REREADS.labels(topic=tp.topic).inc()
+            self.ledger.start(tp, offset)  # restarts the hole's clock
+            await self.seek(tp, offset)
 
     async def force_commit(self, topics: Any = None, start_new_transaction: bool = True) -> bool:
         await self._learn_bases()
@@ -169,7 +230,7 @@ class LedgerConsumer(faust_aiokafka.Consumer):
 
     def report(self) -> None:
         """Export how long each partition's commit has been held (a metric and a log line)."""
-        for tp, (offset, seconds) in self.ledger.waiting().items():
+        for tp, (offset, seconds) in self.ledger.held().items():
             metrics.COMMIT_HELD_SECONDS.labels(topic=tp.topic, partition=str(tp.partition)).set(
                 seconds
             )

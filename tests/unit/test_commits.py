@@ -92,11 +92,34 @@ def test_ledger_moves_over_out_of_order_completions_only_when_unbroken() -> None
     assert ledger.advance(TP0) is None
     ledger.handled(TP0, 6)
     assert ledger.advance(TP0) is None
-    assert ledger.waiting(now=float("inf"))[TP0][0] == 5
+    assert ledger.held(now=float("inf"))[TP0][0] == 5
     ledger.handled(TP0, 5)
     assert ledger.advance(TP0) == 8
     assert ledger.advance(TP0) is None
-    assert ledger.waiting() == {}
+    assert ledger.held() == {}
+
+
+def test_a_message_dropped_before_its_handler_is_a_hole_one_being_handled_is_not() -> None:
+    ledger = CommitLedger()
+    ledger.start(TP0, 10)
+    ledger.taken(TP0, 10)
+    ledger.taken(TP0, 11)
+    ledger.handled(TP0, 11)
+    # 10 is still with its handler: slow, not lost.
+    assert ledger.holes(min_age=5.0, now=float("inf")) == {}
+    ledger.given_back(TP0, 10)  # e.g. a relay deferred it for a rebalance
+    assert ledger.holes(min_age=5.0, now=float("inf")) == {TP0: 10}
+    assert ledger.holes(min_age=1e9) == {}  # not before it has waited min_age
+
+
+def test_a_message_the_fetcher_skipped_is_a_hole_once_a_later_one_was_taken() -> None:
+    ledger = CommitLedger()
+    ledger.start(TP0, 0)  # never committed: Faust does not even seek there
+    ledger.taken(TP0, 3)  # 0..2 were cleared from the buffers by a rebalance
+    ledger.handled(TP0, 3)
+    assert ledger.holes(min_age=0.0, now=float("inf")) == {TP0: 0}
+    ledger.taken(TP0, 0)
+    assert ledger.holes(min_age=0.0, now=float("inf")) == {}
 
 
 def test_ledger_ignores_offsets_below_the_commit_and_forgets_revoked_partitions() -> None:
