@@ -182,16 +182,24 @@ async def _publish(app: web.Application, job_id: str, value: bytes) -> None:
 # -- GET /v1/jobs/{job_id} ----------------------------------------------------------------------
 async def get_job(request: web.Request) -> web.Response:
     app = request.app
+    job = await find_job(request)
+    async with translated(), app[POOL].acquire(timeout=DB_ACQUIRE_TIMEOUT) as conn:
+        hook = await repository.webhook_status(conn, job.job_id)
+    view = job_view(job, hook, app, now=datetime.now(UTC))
+    return _json(view, headers={"Cache-Control": "no-cache"})
+
+
+async def find_job(request: web.Request) -> repository.JobRecord:
+    """The job of the route's `{job_id}` as this caller may see it, else NotFound: the one
+    lookup of GET /v1/jobs/{id} and of its /events, so both answer alike."""
     job_id = request.match_info["job_id"]
     if not _JOB_ID.match(job_id):
         raise NotFound(f"no job {job_id!r} (job ids are 1-64 letters, digits, '-' or '_')")
-    async with translated(), app[POOL].acquire(timeout=DB_ACQUIRE_TIMEOUT) as conn:
+    async with translated(), request.app[POOL].acquire(timeout=DB_ACQUIRE_TIMEOUT) as conn:
         job = await repository.get_job(conn, job_id)
-        hook = await repository.webhook_status(conn, job_id) if job is not None else None
     if job is None:
         raise NotFound(f"no job {job_id!r}")
-    view = job_view(job, hook, app, now=datetime.now(UTC))
-    return _json(view, headers={"Cache-Control": "no-cache"})
+    return job
 
 
 def job_view(
