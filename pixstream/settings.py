@@ -71,6 +71,10 @@ class Settings(BaseSettings):
     # HTTP ingress
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8080, ge=0, le=65535)
+    # GET /v1/jobs/{id}/events: streams open at once per ingress process (one more is a 503),
+    # and the longest silence on a stream before a comment line (the contract says 15 s).
+    max_event_subscribers: int = Field(default=1000, gt=0)
+    sse_keepalive_seconds: float = Field(default=15.0, gt=0, le=15.0)
     # Job creations per client address per minute; 0 turns the limit off.
     rate_limit_per_minute: int = Field(default=0, ge=0)
 

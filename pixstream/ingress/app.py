@@ -15,6 +15,7 @@ from aiokafka import AIOKafkaProducer
 
 from pixstream import asyncapi
 from pixstream.db.repository import open_pool
+from pixstream.ingress import progress
 from pixstream.ingress.admission import UPLOAD_SLOTS, UploadSlots, upload_slots_middleware
 from pixstream.ingress.keys import KAFKA_TIMEOUT, LIMITER, POOL, PRODUCER, SETTINGS, STORAGE
 from pixstream.ingress.problems import problem_middleware
@@ -44,6 +45,7 @@ def create_app(
     app[KAFKA_TIMEOUT] = kafka_timeout
     app.cleanup_ctx.extend([_database, _storage, _producer])
     setup_routes(app)
+    progress.setup(app)
     app.router.add_get("/asyncapi.json", get_asyncapi, name="asyncapi")
     return app
 

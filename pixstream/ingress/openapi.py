@@ -136,11 +136,39 @@ def _paths() -> dict[str, Any]:
         },
     )
     get_job["parameters"] = [job_id]
+    job_events = {
+        "operationId": "getJobEvents",
+        "summary": "A job's lifecycle events, live, as server-sent events",
+        "description": "One message per lifecycle event of the job, in order: `id:` is the "
+        "CloudEvent id, `event:` its type, `data:` the CloudEvent JSON. The events that "
+        "already happened come first; a comment line comes at least every 15 s; the stream "
+        "ends after the terminal event (pixstream.job.completed or pixstream.job.failed).",
+        "parameters": [
+            job_id,
+            {
+                "name": "Last-Event-ID",
+                "in": "header",
+                "required": False,
+                "description": "Resume after this event (an id this job does not have "
+                "replays everything).",
+                "schema": {"type": "string"},
+            },
+        ],
+        "responses": {
+            "200": {
+                "description": "The event stream.",
+                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            },
+            "404": _problem("No such job."),
+            "503": _problem("Too many streams open, or PostgreSQL is down.", retry_after=True),
+        },
+    }
     text = {"text/plain": {"schema": {"type": "string"}}}
     html = {"text/html": {"schema": {"type": "string"}}}
     return {
         "/v1/jobs": {"post": _post_jobs()},
         "/v1/jobs/{job_id}": {"get": get_job},
+        "/v1/jobs/{job_id}/events": {"get": job_events},
         "/v1/operations": {"get": _get("listOperations", "Operations and params", OperationList)},
         "/v1/presets": {"get": _get("listPresets", "Named specs", PresetList)},
         "/health": {

@@ -1,8 +1,8 @@
 """Bounded state: what the worker keeps is deleted once nobody can need it.
 
-- PostgreSQL (one process at a time, under an advisory lock): ended jobs, idempotency keys,
-  finished webhook deliveries older than `prune_after_seconds`; dead-letter replays once their
-  dead letter has expired from the DLQ too (else a replay could run twice).
+- PostgreSQL (one process at a time, under an advisory lock): ended jobs and their event logs,
+  idempotency keys, finished webhook deliveries older than `prune_after_seconds`; dead-letter
+  replays once their dead letter has expired from the DLQ too (else a replay could run twice).
 - The tracker's table: ended jobs older than `prune_after_seconds` are deleted, which writes
   a tombstone to the compacted changelog, so memory and recovery time stay bounded. Each
   process prunes only the partitions it owns.
@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 
 PRUNE_LOCK: Final = 0x70697873  # "pixs": one pruner across the worker processes
 PRUNE_SQL: Final = {
+    # Before the jobs they belong to (the dict's order is the order of the deletes).
+    "job_events": "DELETE FROM job_events WHERE job_id IN (SELECT job_id FROM jobs"
+    " WHERE status IN ('completed', 'failed') AND finished_at < now() - make_interval(secs => $1))",
     "jobs": "DELETE FROM jobs WHERE status IN ('completed', 'failed')"
     " AND finished_at < now() - make_interval(secs => $1)",
     "idempotency_keys": "DELETE FROM idempotency_keys"

@@ -35,6 +35,13 @@ async def test_prune_deletes_old_ended_rows_and_keeps_the_rest(database_url: str
             f" VALUES ('e-old', 'old-done', 'https://x', '', 'delivered', {OLD}),"
             f" ('e-pending', 'old-done', 'https://x', '', 'pending', {OLD})"
         )
+        for job in ("old-done", "new-done", "old-running"):
+            await conn.execute(
+                "INSERT INTO job_events (event_id, job_id, type, event)"
+                " VALUES ($1, $2, 'pixstream.job.requested', '{}')",
+                f"{job}.job.requested",
+                job,
+            )
         await conn.execute(
             'INSERT INTO dead_letter_replays (dlq_topic, partition, "offset", target_topic,'
             f" replayed_at) VALUES ('dlq', 0, 1, 'jobs', {OLD})"
@@ -43,6 +50,7 @@ async def test_prune_deletes_old_ended_rows_and_keeps_the_rest(database_url: str
         counts = await prune_database(conn, 7 * 86_400, 30 * 86_400)
 
         assert counts == {
+            "job_events": 1,
             "jobs": 1,
             "idempotency_keys": 1,
             "webhook_deliveries": 1,
@@ -52,5 +60,7 @@ async def test_prune_deletes_old_ended_rows_and_keeps_the_rest(database_url: str
         jobs = {r["job_id"] for r in await conn.fetch("SELECT job_id FROM jobs")}
         assert jobs == {"new-done", "old-running"}
         assert await conn.fetchval("SELECT count(*) FROM webhook_deliveries") == 1
+        logged = {r["job_id"] for r in await conn.fetch("SELECT job_id FROM job_events")}
+        assert logged == jobs  # an ended job's event log goes with it
     finally:
         await conn.close()

@@ -20,6 +20,7 @@ def test_document_shape() -> None:
     assert set(doc["paths"]) == {
         "/v1/jobs",
         "/v1/jobs/{job_id}",
+        "/v1/jobs/{job_id}/events",
         "/v1/operations",
         "/v1/presets",
         "/openapi.json",
@@ -33,6 +34,13 @@ def test_document_shape() -> None:
     assert {"JobSpec", "StepSpec", "JobView", "Problem", "JobAccepted"} <= set(
         doc["components"]["schemas"]
     )
+
+
+def test_the_event_stream_is_documented() -> None:
+    op = document()["paths"]["/v1/jobs/{job_id}/events"]["get"]
+    assert "text/event-stream" in op["responses"]["200"]["content"]
+    assert {"200", "404", "503"} == set(op["responses"])
+    assert "Last-Event-ID" in {p["name"] for p in op["parameters"]}
 
 
 def test_every_reference_resolves() -> None:

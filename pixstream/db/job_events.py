@@ -1,0 +1,79 @@
+"""The log of each job's lifecycle events in PostgreSQL, the source of GET /v1/jobs/{id}/events.
+
+The recorder appends an event in the transaction that projects it onto `jobs`, and notifies
+`CHANNEL` with the job id; the notification is only a wake-up (delivered at commit, possibly
+lost while the listener reconnects): subscribers always read the rows after their cursor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final
+
+from pixstream.events import JOB_COMPLETED, JOB_FAILED, CloudEvent
+
+#: The LISTEN/NOTIFY channel; the payload is the job id.
+CHANNEL: Final = "pixstream_job_events"
+TERMINAL_TYPES: Final = frozenset({JOB_COMPLETED, JOB_FAILED})
+#: Rows read at once by one subscriber: what bounds its memory, however long the job's log.
+PAGE: Final = 100
+
+# A redelivered event keeps its first row (event ids are deterministic per job and step).
+APPEND: Final = """
+INSERT INTO job_events (event_id, job_id, type, event)
+VALUES ($1, $2, $3, $4::text::jsonb)
+ON CONFLICT (event_id) DO NOTHING
+RETURNING seq
+"""
+NOTIFY: Final = "SELECT pg_notify($1, $2)"
+SELECT_AFTER: Final = """
+SELECT seq, event_id, type, event::text AS event FROM job_events
+WHERE job_id = $1 AND seq > $2 ORDER BY seq LIMIT $3
+"""
+SELECT_POSITION: Final = "SELECT seq, type FROM job_events WHERE job_id = $1 AND event_id = $2"
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    """One row of the log: its position, and the CloudEvent as JSON text."""
+
+    seq: int
+    event_id: str
+    type: str
+    json: str
+
+    @property
+    def terminal(self) -> bool:
+        return self.type in TERMINAL_TYPES
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where an event id stands in its job's log."""
+
+    seq: int
+    terminal: bool
+
+
+async def append(conn: Any, job_id: str, event: CloudEvent) -> bool:
+    """Add `event` to the log of `job_id` and wake its subscribers; False for a duplicate.
+
+    Run it in the transaction of the projection's update, so a subscriber never sees the
+    record changed without its event (or the reverse)."""
+    seq = await conn.fetchval(APPEND, event.id, job_id, event.type, event.model_dump_json())
+    if seq is None:
+        return False
+    await conn.execute(NOTIFY, CHANNEL, job_id)
+    return True
+
+
+async def read_after(conn: Any, job_id: str, seq: int, limit: int = PAGE) -> list[StoredEvent]:
+    """Up to `limit` events of the job after position `seq`, oldest first."""
+    rows = await conn.fetch(SELECT_AFTER, job_id, seq, limit)
+    return [StoredEvent(r["seq"], r["event_id"], r["type"], r["event"]) for r in rows]
+
+
+async def position_of(conn: Any, job_id: str, event_id: str) -> Position | None:
+    """The position of `event_id` in the job's log; None when the job has no such event."""
+    row = await conn.fetchrow(SELECT_POSITION, job_id, event_id)
+    return Position(row["seq"], row["type"] in TERMINAL_TYPES) if row is not None else None
