@@ -13,13 +13,17 @@ from pydantic import (
     AwareDatetime,
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     HttpUrl,
+    Tag,
+    TypeAdapter,
     ValidationError,
     field_validator,
 )
 
 from pixstream import errors
+from pixstream.ops.analysis import Analysis
 from pixstream.ops.operation import describe_errors
 from pixstream.spec import ID_PATTERN, StepSpec
 
@@ -64,14 +68,36 @@ SourceRef = SourceKey | SourceUrl
 
 
 class OutputInfo(Data):
-    """An output object in the bucket."""
+    """An output object in the bucket (an image step's output)."""
 
+    kind: Literal["image"] = "image"
     key: str
     format: str
     width: int = Field(ge=1)
     height: int = Field(ge=1)
     bytes: int = Field(ge=0)
     url: str | None = None
+
+
+class MetadataOutput(Data):
+    """A metadata step's output (analyze): a report, no object in the bucket."""
+
+    kind: Literal["metadata"] = "metadata"
+    data: Analysis
+
+
+def _output_kind(value: Any) -> str:
+    # Outputs recorded before metadata outputs existed have no `kind`: they are images.
+    kind = value.get("kind", "image") if isinstance(value, dict) else getattr(value, "kind", None)
+    return kind if isinstance(kind, str) else "image"
+
+
+#: A step's output: an object in the bucket, or a metadata report (`kind` tells which).
+Output = Annotated[
+    Annotated[OutputInfo, Tag("image")] | Annotated[MetadataOutput, Tag("metadata")],
+    Discriminator(_output_kind),
+]
+OUTPUT: Final[TypeAdapter[OutputInfo | MetadataOutput]] = TypeAdapter(Output)
 
 
 class ErrorInfo(Data):
@@ -106,7 +132,7 @@ class StepCompleted(Data):
     job_id: JobId
     step: str
     op: str
-    output: OutputInfo | None = None
+    output: Output | None = None
 
 
 class StepFailed(Data):
@@ -123,7 +149,7 @@ class JobCompleted(Data):
     """Every output of the job exists."""
 
     job_id: JobId
-    outputs: dict[str, OutputInfo]
+    outputs: dict[str, Output]
     webhook_url: str | None = None
 
 
@@ -132,7 +158,7 @@ class JobFailed(Data):
 
     job_id: JobId
     errors: list[ErrorInfo] = Field(min_length=1)
-    outputs: dict[str, OutputInfo] = Field(default_factory=dict)
+    outputs: dict[str, Output] = Field(default_factory=dict)
     webhook_url: str | None = None
 
 

@@ -21,7 +21,15 @@ from pixstream.spec import SOURCE, JobSpec, StepSpec, validate_steps
 Size = tuple[int, int]
 
 #: The output format of a step with no `convert` on its path, by source format.
-_NATIVE_OUTPUT = {"jpeg": "jpeg", "png": "png", "webp": "webp", "avif": "avif", "tiff": "png"}
+#: HEIF photos become JPEG: what every browser shows (and what their camera would otherwise write).
+_NATIVE_OUTPUT = {
+    "jpeg": "jpeg",
+    "png": "png",
+    "webp": "webp",
+    "avif": "avif",
+    "tiff": "png",
+    "heif": "jpeg",
+}
 
 
 @dataclass(frozen=True)
@@ -100,6 +108,11 @@ class Plan:
             outputs=tuple(sid for sid in steps if not children[sid]),
             _children=MappingProxyType({k: tuple(v) for k, v in children.items()}),
         )
+
+    @property
+    def describes(self) -> bool:
+        """Some step is a metadata op (analyze): the source's EXIF subset is worth reading."""
+        return any(not step.op.makes_image for step in self.steps.values())
 
     def children(self, step_id: str) -> tuple[str, ...]:
         """The steps taking `step_id` (or "source") as input, in spec order."""

@@ -3,7 +3,8 @@
 Pure and thread-safe (no shared state), so the worker can run it in a thread pool or in the
 render pool's processes. A step that fails permanently fails alone: its descendants are
 skipped, other branches complete. A step whose output would be over the pixel budget fails
-with `too_many_pixels` before Pillow allocates it.
+with `too_many_pixels` before Pillow allocates it. A metadata step (analyze) leaves a report
+instead of an encoded output.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from PIL import Image
+from pydantic import BaseModel
 
 from pixstream import errors
 from pixstream.ops import codec
+from pixstream.ops.operation import Subject
 from pixstream.plan import Plan
 from pixstream.spec import SOURCE
 
@@ -48,6 +51,7 @@ class Rendered:
     source_size: tuple[int, int]  # oriented, before any draft reduction
     frames: int
     outputs: dict[str, RenderedOutput] = field(default_factory=dict)
+    reports: dict[str, BaseModel] = field(default_factory=dict)  # metadata steps' outputs
     failures: dict[str, StepFailure] = field(default_factory=dict)
 
     @property
@@ -61,7 +65,11 @@ def render(source: bytes, plan: Plan, *, max_pixels: int, max_frames: int) -> Re
     `max_pixels` bounds the source (every frame and their sum) and each step's output.
     """
     decoded = codec.decode(
-        source, max_pixels=max_pixels, max_frames=max_frames, draft=plan.draft_size
+        source,
+        max_pixels=max_pixels,
+        max_frames=max_frames,
+        draft=plan.draft_size,
+        read_exif=plan.describes,
     )
     result = Rendered(decoded.format, decoded.full_size, len(decoded.frames))
     images: dict[str, list[Image.Image]] = {SOURCE: decoded.frames}
@@ -78,17 +86,29 @@ def render(source: bytes, plan: Plan, *, max_pixels: int, max_frames: int) -> Re
             try:
                 inputs = images[parent]
                 step.check_budget(inputs[0].size, frames=len(inputs), max_pixels=max_pixels)
-                frames = step.op.run(inputs, step.params)
-                if readers[sid]:
-                    images[sid] = frames
+                if step.op.describe is not None:  # a leaf: nothing reads it
+                    subject = _subject(inputs, parent, source, decoded)
+                    result.reports[sid] = step.op.describe(subject, step.params)
                 else:
-                    result.outputs[sid] = _encode(plan, sid, frames, decoded)
+                    frames = step.op.run(inputs, step.params)
+                    if readers[sid]:
+                        images[sid] = frames
+                    else:
+                        result.outputs[sid] = _encode(plan, sid, frames, decoded)
             except errors.PermanentError as exc:
                 result.failures[sid] = StepFailure(sid, exc.code, exc.message)
         readers[parent] -= 1
         if not readers[parent]:
             images.pop(parent, None)
     return result
+
+
+def _subject(
+    frames: list[Image.Image], parent: str, source: bytes, decoded: codec.Decoded
+) -> Subject:
+    # The source's frames may be a JPEG draft: its size is the one before the reduction.
+    size = decoded.full_size if parent == SOURCE else frames[0].size
+    return Subject(frames, size, source, decoded.format, decoded.exif)
 
 
 def _encode(

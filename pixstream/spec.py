@@ -83,7 +83,8 @@ def parse_spec(raw: object, *, presets: Mapping[str, Mapping[str, Any]], max_ste
 
 
 def validate_steps(steps: list[StepSpec]) -> None:
-    """Check ids, inputs, acyclicity, ops and params; raise the first problem found."""
+    """Check ids, inputs, acyclicity, ops and params, and that no step reads a metadata step
+    (analyze is a leaf); raise the first problem found."""
     ids: set[str] = set()
     for step in steps:
         if step.id in ids:
@@ -111,6 +112,13 @@ def validate_steps(steps: list[StepSpec]) -> None:
             op.parse(step.params)
         except errors.InvalidParams as exc:
             raise errors.InvalidParams(f"step '{step.id}': {exc.message}") from exc
+    ops = {step.id: step.op for step in steps}
+    for step in steps:
+        if step.input != SOURCE and not OPERATIONS[ops[step.input]].makes_image:
+            raise errors.InvalidSpec(
+                f"step '{step.id}': input '{step.input}' is an {ops[step.input]} step, which "
+                "reports metadata and makes no image; take 'source' or an image step as input"
+            )
 
 
 def find_cycle(inputs: Mapping[str, str]) -> list[str]:

@@ -22,12 +22,14 @@ from pixstream.events import (
     JOB_COMPLETED,
     JOB_FAILED,
     JOB_REQUESTED,
+    OUTPUT,
     STEP_COMPLETED,
     STEP_FAILED,
     CloudEvent,
     JobCompleted,
     JobFailed,
     JobRequested,
+    MetadataOutput,
     OutputInfo,
     SourceKey,
     StepCompleted,
@@ -157,10 +159,10 @@ class JobRecord:
         return len(self.steps)
 
     @property
-    def outputs(self) -> dict[str, OutputInfo]:
+    def outputs(self) -> dict[str, OutputInfo | MetadataOutput]:
         """The outputs made so far, in spec order where the spec knows the step."""
         made = {
-            sid: OutputInfo.model_validate(entry["output"])
+            sid: OUTPUT.validate_python(entry["output"])
             for sid, entry in self.steps.items()
             if entry.get("status") == COMPLETED and entry.get("output")
         }
@@ -304,10 +306,12 @@ StepEvent = StepCompleted | StepFailed
 TerminalEvent = JobCompleted | JobFailed
 
 
-def _completed(op: str, output: OutputInfo | None) -> dict[str, Any]:
+def _completed(op: str, output: OutputInfo | MetadataOutput | None) -> dict[str, Any]:
     entry: dict[str, Any] = {"status": COMPLETED, "op": op}
-    if output is not None:
+    if isinstance(output, OutputInfo):
         entry["output"] = output.model_dump(mode="json", exclude={"url"})
+    elif output is not None:
+        entry["output"] = output.model_dump(mode="json")
     return entry
 
 

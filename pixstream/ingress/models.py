@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from pixstream.ops.analysis import Analysis
 from pixstream.spec import ID_PATTERN
 
 
@@ -42,12 +43,20 @@ class Progress(Model):
 class OutputView(Model):
     """An output object; `url` is a presigned GET, null once the job has expired."""
 
+    kind: Literal["image"] = "image"
     url: str | None
     key: str
     format: str
     width: int = Field(ge=1)
     height: int = Field(ge=1)
     bytes: int = Field(ge=0)
+
+
+class MetadataView(Model):
+    """A metadata step's output (analyze): its report, no object."""
+
+    kind: Literal["metadata"] = "metadata"
+    data: Analysis
 
 
 class ErrorView(Model):
@@ -79,9 +88,18 @@ class JobView(Model):
     expires_at: datetime
     expired: bool = Field(description="The job's objects are past retention; urls are null.")
     progress: Progress
-    outputs: dict[str, OutputView]
+    outputs: dict[str, OutputView | MetadataView]
     errors: list[ErrorView]
     webhook: WebhookView | None
+
+
+class JobList(Model):
+    """A page of the caller's jobs, newest first."""
+
+    jobs: list[JobView]
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next page; null on the last page."
+    )
 
 
 class OperationInfo(Model):

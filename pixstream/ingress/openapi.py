@@ -84,7 +84,7 @@ def _post_jobs() -> dict[str, Any]:
                             "file": {
                                 "type": "string",
                                 "contentMediaType": "application/octet-stream",
-                                "description": "JPEG, PNG, WebP, GIF, TIFF or AVIF.",
+                                "description": "JPEG, PNG, WebP, GIF, TIFF, AVIF or HEIC/HEIF.",
                             },
                             "spec": {"oneOf": [_ref(JobSpec), _ref(PresetRequest)]},
                         },

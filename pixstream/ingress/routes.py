@@ -26,7 +26,7 @@ from pixstream import kafka, netguard
 from pixstream.db import repository
 from pixstream.db.failures import DatabaseUnavailable, translated
 from pixstream.errors import TransientError
-from pixstream.events import JOB_REQUESTED, JobRequested, SourceKey, make_event
+from pixstream.events import JOB_REQUESTED, JobRequested, MetadataOutput, SourceKey, make_event
 from pixstream.health import check_all
 from pixstream.ingress import openapi
 from pixstream.ingress.admission import check_upload
@@ -36,6 +36,7 @@ from pixstream.ingress.models import (
     JobAccepted,
     JobLinks,
     JobView,
+    MetadataView,
     OperationInfo,
     OperationList,
     OutputView,
@@ -213,8 +214,12 @@ def job_view(
     storage = app[STORAGE]
     expires_at = job.created_at + timedelta(seconds=settings.retention_seconds)
     expired = now >= expires_at
-    outputs = {
-        step: OutputView(
+    outputs: dict[str, OutputView | MetadataView] = {}
+    for step, out in job.outputs.items():
+        if isinstance(out, MetadataOutput):  # a report: no object, so no URL
+            outputs[step] = MetadataView(data=out.data)
+            continue
+        outputs[step] = OutputView(
             # No dead links: past retention the objects are gone, so no URL is offered.
             url=None if expired else storage.presigned_url(out.key, now=now.timestamp()),
             key=out.key,
@@ -223,8 +228,6 @@ def job_view(
             height=out.height,
             bytes=out.bytes,
         )
-        for step, out in job.outputs.items()
-    }
     return JobView(
         job_id=job.job_id,
         status=job.status,

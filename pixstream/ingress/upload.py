@@ -25,8 +25,8 @@ MIN_READ: Final = 1024
 MAX_SPEC_BYTES: Final = 64 * 1024
 #: Room for the multipart framing and headers around the two parts.
 FRAMING_BYTES: Final = 16 * 1024
-#: Enough to recognise every allowed format (AVIF needs 12).
-SNIFF_BYTES: Final = 16
+#: Enough to recognise every allowed format (AVIF and HEIF need their ftyp box's brands).
+SNIFF_BYTES: Final = 64
 
 CONTENT_TYPES: Final = {
     "jpeg": "image/jpeg",
@@ -35,6 +35,7 @@ CONTENT_TYPES: Final = {
     "gif": "image/gif",
     "tiff": "image/tiff",
     "avif": "image/avif",
+    "heif": "image/heif",
 }
 
 
@@ -134,7 +135,7 @@ def _sniff(head: bytes, filename: str | None) -> str:
     if fmt is None:
         named = f" ({filename!r})" if filename else ""
         raise errors.UnsupportedFormat(
-            f"the file{named} is not a JPEG, PNG, WebP, GIF, TIFF or AVIF image "
+            f"the file{named} is not a JPEG, PNG, WebP, GIF, TIFF, AVIF or HEIC/HEIF image "
             "(judged by its content, not its name)"
         )
     return fmt

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pixstream.ops.analysis import ANALYZE
 from pixstream.ops.geometry import CROP, FLIP, RESIZE, ROTATE, THUMBNAIL
 from pixstream.ops.operation import Operation
 from pixstream.ops.pixels import BLUR, CONVERT, GRAYSCALE, SHARPEN, WATERMARK
@@ -21,6 +22,7 @@ OPERATIONS: dict[str, Operation[Any]] = {
         SHARPEN,
         CONVERT,
         WATERMARK,
+        ANALYZE,
     )
 }
 

@@ -16,13 +16,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Final
 
+import pillow_heif
 from PIL import Image, ImageCms, ImageFile, ImageOps, UnidentifiedImageError
 
 from pixstream import errors
+from pixstream.ops import exif as exif_subset
 
 #: Pillow format names we agree to open; everything else (EPS, PDF, PSD, ...) is refused
 #: before its plugin can run, which also keeps Ghostscript out of reach.
-INPUT_FORMATS: Final = ("JPEG", "PNG", "WEBP", "GIF", "TIFF", "AVIF")
+INPUT_FORMATS: Final = ("JPEG", "PNG", "WEBP", "GIF", "TIFF", "AVIF", "HEIF")
 OUTPUT_FORMATS: Final = ("jpeg", "png", "webp", "gif", "avif")
 ANIMATED_FORMATS: Final = frozenset({"gif", "webp"})
 EXTENSIONS: Final = {
@@ -32,7 +34,15 @@ EXTENSIONS: Final = {
     "gif": "gif",
     "tiff": "tiff",
     "avif": "avif",
+    "heif": "heic",
 }
+#: Formats whose frames (TIFF pages, HEIF top-level images) each have their own size.
+_PAGED_FORMATS: Final = frozenset({"tiff", "heif"})
+#: ISO-BMFF major brands of HEIF stills and sequences (those pillow-heif opens), and AVIF's.
+_HEIF_BRANDS: Final = frozenset(
+    {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1"}
+)
+_AVIF_BRANDS: Final = frozenset({b"avif", b"avis"})
 
 DEFAULT_QUALITY: Final = {"jpeg": 85, "webp": 80, "avif": 60}
 DEFAULT_SPEED: Final = 6  # AVIF encoder speed 0 (slowest, best) .. 10 (fastest)
@@ -48,16 +58,24 @@ DraftRequest = tuple[int, int] | Callable[[int, int], tuple[int, int] | None] | 
 # warnings.catch_warnings() is not thread-safe and render() runs in threads.
 warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
 
+# HEIC/HEIF through libheif, registered once for the process (the render pool's children
+# import this module too). Thumbnails, depth maps and auxiliary images are never used, so
+# they are not read; one decode thread, because every render slot already has a core.
+pillow_heif.register_heif_opener(
+    thumbnails=False, depth_images=False, aux_images=False, decode_threads=1
+)
+
 
 @dataclass(frozen=True)
 class Decoded:
     """A decoded source: RGB/RGBA frames (one unless animated) and how to replay them."""
 
     frames: list[Image.Image]
-    format: str  # lower-case Pillow format name: jpeg, png, webp, gif, tiff, avif
+    format: str  # lower-case Pillow format name: jpeg, png, webp, gif, tiff, avif, heif
     durations: list[int]  # per-frame display time in ms (animations only)
     loop: int  # 0: forever
     full_size: tuple[int, int]  # oriented size before any draft reduction
+    exif: exif_subset.ExifSubset | None = None  # the allow-listed tags, when asked for
 
     @property
     def animated(self) -> bool:
@@ -80,9 +98,25 @@ def sniff_format(head: bytes) -> str | None:
         return "gif"
     if head[:4] in (b"II*\x00", b"MM\x00*"):
         return "tiff"
-    if head[4:8] == b"ftyp" and head[8:12] in (b"avif", b"avis"):
-        return "avif"
+    if head[4:8] == b"ftyp":
+        return _sniff_ftyp(head)
     return None
+
+
+def _sniff_ftyp(head: bytes) -> str | None:
+    """AVIF or HEIF, by the ftyp box's major brand (and its compatible brands for `mif1`,
+    the generic brand both may use)."""
+    major = head[8:12]
+    if major in _AVIF_BRANDS:
+        return "avif"
+    if major not in _HEIF_BRANDS:
+        return None
+    if major in (b"mif1", b"msf1"):
+        end = min(len(head), int.from_bytes(head[0:4], "big"))
+        compatible = {head[i : i + 4] for i in range(16, end - 3, 4)}
+        if compatible & _AVIF_BRANDS:
+            return "avif"
+    return "heif"
 
 
 @dataclass(frozen=True)
@@ -110,7 +144,7 @@ def probe(data: bytes) -> Probe:
         pixels = frames * width * height
         if fmt == "gif":
             pixels = max(pixels, _gif_canvas_pixels(data))
-        elif fmt == "tiff" and frames > 1:
+        elif fmt in _PAGED_FORMATS and frames > 1:
             pixels = 0
             for index in range(frames):  # each page has its own size; seek reads only the IFD
                 im.seek(index)
@@ -149,13 +183,21 @@ def _skip_sub_blocks(data: bytes, pos: int) -> int:
     return pos + 1
 
 
-def decode(data: bytes, *, max_pixels: int, max_frames: int, draft: DraftRequest = None) -> Decoded:
+def decode(
+    data: bytes,
+    *,
+    max_pixels: int,
+    max_frames: int,
+    draft: DraftRequest = None,
+    read_exif: bool = False,
+) -> Decoded:
     """Decode `data` into normalised frames, refusing what breaks a limit before loading it.
 
     `max_pixels` bounds every frame and the sum over all frames (an animation's decoded frames
     are all held at once). `draft` is a target size, or a function of the oriented source size
     returning one: a JPEG is then decoded by libjpeg at the smallest 1/2, 1/4 or 1/8 scale
-    still at least that big.
+    still at least that big. `read_exif` keeps the allow-listed EXIF subset (ops/exif.py),
+    read before orientation is applied (which drops the tag).
 
     MemoryError is not classified: it says the renderer is short of memory, not that the data
     is bad (the render pool answers it with RendererCrashed).
@@ -178,9 +220,9 @@ def decode(data: bytes, *, max_pixels: int, max_frames: int, draft: DraftRequest
             )
         fmt = (im.format or "").lower()
         # Every frame of these is at least the first one's canvas: refuse before decoding any.
-        if fmt != "tiff" and n_frames * width * height > max_pixels:
+        if fmt not in _PAGED_FORMATS and n_frames * width * height > max_pixels:
             raise errors.TooManyPixels(_animation_message(n_frames, width, height, max_pixels))
-        return _load(im, fmt, n_frames, draft, max_pixels)
+        return _load(im, fmt, n_frames, draft, max_pixels, read_exif=read_exif)
 
 
 def _animation_message(n_frames: int, width: int, height: int, max_pixels: int) -> str:
@@ -215,9 +257,20 @@ def _classified(what: str) -> Iterator[None]:
 
 
 def _load(
-    im: ImageFile.ImageFile, fmt: str, n_frames: int, draft: DraftRequest, max_pixels: int
+    im: ImageFile.ImageFile,
+    fmt: str,
+    n_frames: int,
+    draft: DraftRequest,
+    max_pixels: int,
+    *,
+    read_exif: bool,
 ) -> Decoded:
-    orientation = im.getexif().get(_ORIENTATION_TAG, 1)
+    exif = im.getexif()
+    orientation = exif.get(_ORIENTATION_TAG, 1)
+    # libheif applies a HEIF's own rotation and mirroring (so `im.size` is upright already)
+    # and pillow-heif resets the tag to 1, keeping what the file said here.
+    as_read = im.info.get("original_orientation") if fmt == "heif" else None
+    kept = exif_subset.subset(exif, orientation=as_read) if read_exif else None
     swap = orientation in _SWAPPING_ORIENTATIONS
     full = (im.height, im.width) if swap else im.size
     if n_frames == 1 and fmt == "jpeg" and draft is not None:
@@ -253,7 +306,9 @@ def _load(
         # Decoded images carry pixels only: nothing in `info` may reach an encoder.
         frame.info = {}
         frames.append(frame)
-    return Decoded(frames=frames, format=fmt, durations=durations, loop=loop, full_size=full)
+    return Decoded(
+        frames=frames, format=fmt, durations=durations, loop=loop, full_size=full, exif=kept
+    )
 
 
 def _to_srgb(im: Image.Image, icc: bytes | None) -> Image.Image:

@@ -1,4 +1,5 @@
-"""What an operation is: a name, a pydantic params model and a pure image -> image function.
+"""What an operation is: a name, a pydantic params model and a pure image -> image function
+(or, for a metadata op such as `analyze`, a pure image -> report function).
 
 Also the shared parameter types (bounded dimensions, radius, quality) and the resampling helper
 every size-changing operation uses.
@@ -43,6 +44,17 @@ def same_size(params: BaseModel, width: int, height: int) -> Size:
 
 
 @dataclass(frozen=True)
+class Subject:
+    """What a metadata op describes: its input's frames and what is known of the source."""
+
+    frames: Sequence[Image.Image]
+    size: Size  # upright, at full resolution (the frames may be a JPEG draft of it)
+    source: bytes  # the source file as stored
+    format: str  # the source's format
+    exif: BaseModel | None  # the source's allow-listed EXIF (ops/exif.py), when it was read
+
+
+@dataclass(frozen=True)
 class Operation(Generic[P]):
     """One registered operation; `apply` never mutates its input (branches share images)."""
 
@@ -59,6 +71,13 @@ class Operation(Generic[P]):
     # The size `apply` returns for an input of this size, computed without pixels: the planner
     # refuses a step whose output is over the pixel budget before Pillow allocates it.
     output_size: Callable[[P, int, int], Size] = same_size
+    # A metadata op reports on its input instead of transforming it: its step is a leaf (the
+    # spec refuses it as an input), its output is `{"kind": "metadata"}` and no object.
+    describe: Callable[[Subject, P], BaseModel] | None = None
+
+    @property
+    def makes_image(self) -> bool:
+        return self.describe is None
 
     def parse(self, raw: Mapping[str, Any]) -> P:
         """Validated params; raises InvalidParams naming the field (`params.size: ...`)."""

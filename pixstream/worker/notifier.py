@@ -28,6 +28,7 @@ from pixstream.events import (
     Data,
     JobCompleted,
     JobFailed,
+    OutputInfo,
     parse_data,
 )
 from pixstream.netguard import guarded_session
@@ -53,12 +54,17 @@ REFUSED: Final = "refused"
 
 # -- the body -------------------------------------------------------------------------------------
 def with_output_urls(event: CloudEvent, sign_url: Callable[[str], str]) -> CloudEvent:
-    """The terminal `event` with every output's `url` set to `sign_url(key)`."""
+    """The terminal `event` with every image output's `url` set to `sign_url(key)`
+    (a metadata output has no object to link)."""
     data = parse_data(event)
     if not isinstance(data, JobCompleted | JobFailed):
         raise errors.InvalidEvent(f"type: {event.type!r} is not a terminal event")
     outputs = {
-        step: output.model_copy(update={"url": sign_url(output.key)})
+        step: (
+            output.model_copy(update={"url": sign_url(output.key)})
+            if isinstance(output, OutputInfo)
+            else output
+        )
         for step, output in data.outputs.items()
     }
     signed = data.model_copy(update={"outputs": outputs})

@@ -17,7 +17,7 @@ from pixstream.events import (
     JobCompleted,
     JobFailed,
     JobRequested,
-    OutputInfo,
+    Output,
     StepCompleted,
     StepFailed,
 )
@@ -32,7 +32,7 @@ class JobProgress(BaseModel):
 
     outputs: list[str]
     webhook_url: str | None = None
-    done: dict[str, OutputInfo | None] = Field(default_factory=dict)
+    done: dict[str, Output | None] = Field(default_factory=dict)
     failed: dict[str, ErrorInfo] = Field(default_factory=dict)
     terminal: bool = False
     finished_at: float | None = None  # epoch seconds, when it turned terminal (for pruning)

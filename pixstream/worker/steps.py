@@ -16,6 +16,7 @@ from pixstream.events import (
     STEP_FAILED,
     TASK_REQUESTED,
     CloudEvent,
+    MetadataOutput,
     OutputInfo,
     StepCompleted,
     StepFailed,
@@ -167,9 +168,13 @@ async def _concluded(res: Resources, message: Message[TaskRequested]) -> None:
     )
 
 
-async def _store(res: Resources, job_id: str, rendered: Rendered) -> dict[str, OutputInfo]:
-    """Write every output (concurrently); the keys are deterministic, so a retry overwrites."""
-    infos = {
+async def _store(
+    res: Resources, job_id: str, rendered: Rendered
+) -> dict[str, OutputInfo | MetadataOutput]:
+    """Write every image output (concurrently); the keys are deterministic, so a retry
+    overwrites. A metadata output travels in the events alone: it is small and has no reader
+    that wants it as a file."""
+    infos: dict[str, OutputInfo | MetadataOutput] = {
         sid: OutputInfo(
             key=Plan.output_key(job_id, sid, out.format),
             format=out.format,
@@ -181,11 +186,17 @@ async def _store(res: Resources, job_id: str, rendered: Rendered) -> dict[str, O
     }
     await asyncio.gather(
         *(
-            res.storage.put(infos[sid].key, out.data, f"image/{out.format}")
+            res.storage.put(Plan.output_key(job_id, sid, out.format), out.data, _mime(out.format))
             for sid, out in rendered.outputs.items()
         )
     )
+    for sid, report in rendered.reports.items():
+        infos[sid] = MetadataOutput.model_validate({"data": report.model_dump()})
     return infos
+
+
+def _mime(fmt: str) -> str:
+    return f"image/{fmt}"
 
 
 async def _report(res: Resources, events: list[CloudEvent], job_id: str) -> None:

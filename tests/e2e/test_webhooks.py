@@ -23,6 +23,7 @@ from pixstream.events import (
     CloudEvent,
     JobCompleted,
     JobFailed,
+    OutputInfo,
     parse_data,
 )
 from pixstream.settings import Settings
@@ -177,6 +178,7 @@ async def test_a_completed_job_delivers_one_signed_event_with_working_urls(
 
     async with aiohttp.ClientSession() as http:
         for output in data.outputs.values():
+            assert isinstance(output, OutputInfo)
             assert output.url is not None
             # The local MinIO: keeps this test's traffic on loopback.
             assert URL(output.url).host == "127.0.0.1"

@@ -184,6 +184,7 @@ PARAMS: dict[str, st.SearchStrategy[dict[str, Any]]] = {
     "sharpen": st.just({}),
     "convert": st.just({"format": "png"}),
     "watermark": st.just({"text": "x"}),
+    "analyze": st.fixed_dictionaries({"colors": st.integers(1, 16)}),
 }
 
 

@@ -3,7 +3,9 @@ the clock that knows when a breaker half-opens."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +18,7 @@ from pixstream.events import (
     ErrorInfo,
     JobCompleted,
     JobFailed,
+    MetadataOutput,
     OutputInfo,
     StepCompleted,
     make_event,
@@ -32,6 +35,7 @@ from pixstream.worker.notifier import (
 
 pytestmark = pytest.mark.unit
 
+SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 SCHEDULE = [1.0, 2.0]
 THUMB = OutputInfo(key="processed/j1/thumb.jpg", format="jpeg", width=256, height=171, bytes=9)
 
@@ -51,8 +55,22 @@ def test_the_body_is_the_terminal_event_with_signed_output_urls() -> None:
     assert (body.id, body.type, body.time) == (event.id, event.type, event.time)
     data = parse_data(body)
     assert isinstance(data, JobCompleted)
-    assert data.outputs["thumb"].url == f"http://127.0.0.1:9000/pixstream/{THUMB.key}?sig=a"
-    assert data.outputs["thumb"].model_copy(update={"url": None}) == THUMB
+    thumb = data.outputs["thumb"]
+    assert isinstance(thumb, OutputInfo)
+    assert thumb.url == f"http://127.0.0.1:9000/pixstream/{THUMB.key}?sig=a"
+    assert thumb.model_copy(update={"url": None}) == THUMB
+
+
+def test_a_metadata_output_travels_in_the_body_unsigned() -> None:
+    example = json.loads((SCHEMAS / "examples" / "pixstream.job.completed.json").read_text())
+    info = MetadataOutput.model_validate(example["data"]["outputs"]["info"])
+    data = JobCompleted(job_id="j1", outputs={"thumb": THUMB, "info": info})
+    body = parse_data(with_output_urls(make_event(JOB_COMPLETED, data), signer("a")))
+    assert isinstance(body, JobCompleted)
+    assert body.outputs["info"] == info
+    assert "url" not in body.outputs["info"].model_dump()
+    assert isinstance(body.outputs["thumb"], OutputInfo)
+    assert body.outputs["thumb"].url is not None
 
 
 def test_a_failed_job_body_keeps_its_errors_and_signs_what_was_made() -> None:
@@ -65,7 +83,9 @@ def test_a_failed_job_body_keeps_its_errors_and_signs_what_was_made() -> None:
     data = parse_data(body)
     assert isinstance(data, JobFailed)
     assert data.errors == failed.errors
-    assert data.outputs["thumb"].url is not None
+    thumb = data.outputs["thumb"]
+    assert isinstance(thumb, OutputInfo)
+    assert thumb.url is not None
 
 
 def test_only_terminal_events_become_bodies() -> None:
