@@ -7,7 +7,7 @@ PIX    := $(BIN)/pixstream
 ASYNCAPI := deploy/asyncapi/node_modules/.bin/asyncapi
 
 .DEFAULT_GOAL := help
-.PHONY: help install up down run test lint fmt bench bench-ops corpus chaos fuzz
+.PHONY: help install browser up down run test lint fmt bench bench-ops corpus chaos fuzz
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -25,7 +25,16 @@ $(ASYNCAPI): deploy/asyncapi/package.json deploy/asyncapi/package-lock.json
 	cd deploy/asyncapi && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
 	@touch $@
 
-install: $(PIX) $(ASYNCAPI)  ## create .venv with PixStream and its dev tools, and the AsyncAPI CLI
+# Debian's Chromium for the browser test (tests/e2e/test_browser.py), driven by Playwright for
+# Python with executable_path: Playwright's own browser download is never used.
+CHROMIUM := /usr/lib/chromium/chromium
+$(CHROMIUM):
+	@command -v apt-get >/dev/null || { echo "install Chromium (Debian: apt-get install chromium)"; exit 1; }
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
+browser: $(CHROMIUM)  ## install Debian's Chromium for the browser test (as root)
+
+install: $(PIX) $(ASYNCAPI) $(CHROMIUM)  ## create .venv with PixStream and its dev tools, the AsyncAPI CLI and Chromium
 
 up: $(PIX)  ## start the local stack (Kafka, PostgreSQL, MinIO), apply topics and migrations
 	$(PIX) stack up
@@ -38,7 +47,7 @@ down: $(PIX)  ## stop the local stack (data stays in .pixstream/)
 run: up  ## set up if needed, then run ingress + workers (pixstream dev)
 	$(PIX) dev
 
-test: up $(ASYNCAPI)  ## run the whole test suite against the real services
+test: up $(ASYNCAPI) $(CHROMIUM)  ## run the whole test suite against the real services
 	$(BIN)/pytest
 
 lint: $(PIX)  ## ruff and mypy --strict

@@ -1,11 +1,13 @@
-// PixStream's web page: submits jobs, polls GET /v1/jobs/{id}, keeps a history in localStorage.
-// Jobs older than the retention (24 h) are shown as EXPIRED without asking the server: their
-// objects are gone, so there is nothing left to fetch.
+// PixStream's web page: submits jobs, follows each over GET /v1/jobs/{id}/events (server-sent
+// events; polling GET /v1/jobs/{id} only where the stream cannot be had), keeps a history in
+// localStorage. Jobs older than the retention (24 h) are shown as EXPIRED without asking the
+// server: their objects are gone, so there is nothing left to fetch.
 "use strict";
 
 const HISTORY_KEY = "pixstream.jobs";
 const RETENTION_MS = 24 * 3600 * 1000;
 const POLL_MS = 1000;
+const TERMINAL = new Set(["completed", "failed"]);
 const EXAMPLE_SPEC = {
   steps: [
     { id: "web", op: "resize", params: { width: 1024 } },
@@ -15,8 +17,9 @@ const EXAMPLE_SPEC = {
 };
 
 const $ = (id) => document.getElementById(id);
-const views = new Map(); // job id -> last GET /v1/jobs/{id} body
-const polling = new Set();
+const views = new Map(); // job id -> last GET /v1/jobs/{id} body, or {missing: true} on a 404
+const live = new Map(); // job id -> {status, steps: Set} from the event stream
+const following = new Set();
 const presets = {};
 
 function loadHistory() {
@@ -61,36 +64,93 @@ function formatBytes(n) {
   return `${(n / 1024 / 1024).toFixed(1)} MB`;
 }
 
+// The preview is the smallest image output (the thumbnail when there is one): a 180 px box
+// never needs the full-size file, which can be tens of megapixels.
+function previewOf(outputs) {
+  let best = null;
+  for (const [step, out] of Object.entries(outputs)) {
+    if (!out.url || out.kind === "metadata" || !out.width || !out.height) continue;
+    if (!best || out.width * out.height < best.out.width * best.out.height) best = { step, out };
+  }
+  return best;
+}
+
+// What the page knows: the record (GET) and, newer while the job runs, the stream's events.
+function statusOf(job) {
+  const view = views.get(job.id);
+  if (view && view.missing) return "not-found";
+  if (isExpired(job) || (view && view.expired)) return "expired";
+  const seen = live.get(job.id);
+  if (view && TERMINAL.has(view.status)) return view.status;
+  if (seen && seen.status) return seen.status; // set by a step or terminal event only
+  return view ? view.status : "queued";
+}
+
+function progressBar(status, done, total) {
+  const pct = total ? Math.round((100 * done) / total) : 0;
+  const bar = el("div", {
+    class: `bar ${status}`,
+    role: "progressbar",
+    "aria-valuemin": "0",
+    "aria-valuemax": String(total),
+    "aria-valuenow": String(done),
+    "aria-label": `${status}: ${done} of ${total} steps`,
+  });
+  bar.append(el("span", { style: `width: ${status === "failed" ? 100 : pct}%` }));
+  return bar;
+}
+
 function renderJob(job) {
   const view = views.get(job.id);
-  const expired = isExpired(job) || (view && view.expired);
-  const status = expired ? "expired" : view ? view.status : "queued";
+  const status = statusOf(job);
+  const label = status === "not-found" ? "not found" : status;
   const head = el(
     "div",
     { class: "job-head" },
-    el("span", { class: `badge ${status}` }, status),
+    el("span", { class: `badge ${status}` }, label),
     el("span", { class: "job-id" }, job.id),
     el("span", { class: "muted" }, `${job.file} · ${new Date(job.submittedAt).toLocaleString()}`),
   );
-  const box = el("div", { class: "job" }, head);
-  if (expired) {
+  const box = el("div", { class: `job ${status}`, "data-job": job.id }, head);
+  if (status === "not-found") {
+    box.append(el("div", { class: "muted" }, "No such job on this server (or not yours)."));
+    return box;
+  }
+  if (status === "expired") {
     box.append(el("div", { class: "muted" }, "Outputs are past retention and no longer available."));
     return box;
   }
   if (!view) return box;
-  const { steps_total: total, steps_done: done } = view.progress;
-  head.append(el("progress", { max: String(total || 1), value: String(done) }));
-  head.append(el("span", { class: "muted" }, `${done}/${total} steps`));
-  const outputs = el("div", { class: "outputs" });
-  for (const [step, out] of Object.entries(view.outputs)) {
-    const caption = `${step}: ${out.format} ${out.width}×${out.height}, ${formatBytes(out.bytes)}`;
-    const img = el("img", { src: out.url, alt: caption, loading: "lazy" });
-    outputs.append(
-      el("figure", {}, el("a", { href: out.url, target: "_blank", rel: "noopener" }, img),
-        el("figcaption", {}, caption)),
+  const total = view.progress.steps_total;
+  const seen = live.get(job.id);
+  const done = Math.max(view.progress.steps_done, seen ? seen.steps.size : 0);
+  head.append(progressBar(status, Math.min(done, total), total));
+  head.append(el("span", { class: "muted" }, `${Math.min(done, total)}/${total} steps`));
+  const preview = previewOf(view.outputs);
+  if (preview) {
+    const { step, out } = preview;
+    box.append(
+      el("img", {
+        class: "preview",
+        src: out.url,
+        alt: `preview: ${step}, ${out.width}×${out.height}`,
+        width: String(out.width),
+        height: String(out.height),
+        loading: "lazy",
+        decoding: "async",
+      }),
     );
   }
-  if (outputs.childElementCount) box.append(outputs);
+  const downloads = el("ul", { class: "outputs" });
+  for (const [step, out] of Object.entries(view.outputs)) {
+    if (!out.url) {
+      downloads.append(el("li", {}, `${step}: ${out.kind === "metadata" ? "metadata" : "expired"}`));
+      continue;
+    }
+    const caption = `${step}: ${out.format} ${out.width}×${out.height}, ${formatBytes(out.bytes)}`;
+    downloads.append(el("li", {}, el("a", { href: out.url, download: "", rel: "noopener" }, caption)));
+  }
+  if (downloads.childElementCount) box.append(downloads);
   if (view.errors.length) {
     const list = el("ul", { class: "errors" });
     for (const e of view.errors) {
@@ -112,26 +172,74 @@ function render() {
   for (const job of jobs) list.append(renderJob(job));
 }
 
-async function poll(id) {
-  if (polling.has(id)) return;
-  polling.add(id);
-  try {
-    for (;;) {
-      const resp = await fetch(`/v1/jobs/${encodeURIComponent(id)}`);
-      if (resp.status === 404) break;
-      if (resp.ok) {
-        const view = await resp.json();
-        views.set(id, view);
-        render();
-        if (view.status === "completed" || view.status === "failed" || view.expired) break;
-      }
-      await new Promise((r) => setTimeout(r, POLL_MS));
-    }
-  } catch (err) {
-    console.warn("polling stopped", id, err);
-  } finally {
-    polling.delete(id);
+// GET /v1/jobs/{id}: true when the job is still running (so worth following).
+async function refresh(id) {
+  const resp = await fetch(`/v1/jobs/${encodeURIComponent(id)}`);
+  if (resp.status === 404) {
+    views.set(id, { missing: true });
+    render();
+    return false;
   }
+  if (!resp.ok) throw new Error(`GET /v1/jobs/${id}: ${resp.status}`);
+  const view = await resp.json();
+  views.set(id, view);
+  render();
+  return !(TERMINAL.has(view.status) || view.expired);
+}
+
+// Follow one job's event stream until its terminal event; resolves false when the stream
+// could not be had (no EventSource, or the server refused it), so the caller polls instead.
+function stream(id) {
+  if (!window.EventSource) return Promise.resolve(false);
+  return new Promise((resolve) => {
+    const source = new EventSource(`/v1/jobs/${encodeURIComponent(id)}/events`);
+    const seen = live.get(id) || { status: null, steps: new Set() };
+    live.set(id, seen);
+    const onStep = (e) => {
+      const event = JSON.parse(e.data);
+      seen.steps.add(event.data.step);
+      seen.status = "processing";
+      render();
+    };
+    const onEnd = (e) => {
+      source.close();
+      seen.status = e.type === "pixstream.job.completed" ? "completed" : "failed";
+      render();
+      resolve(true);
+    };
+    source.addEventListener("pixstream.step.completed", onStep);
+    source.addEventListener("pixstream.step.failed", onStep);
+    source.addEventListener("pixstream.job.completed", onEnd);
+    source.addEventListener("pixstream.job.failed", onEnd);
+    // A dropped connection is retried by the browser itself (with Last-Event-ID); CLOSED
+    // means it gave up, e.g. a 503 when the server has too many streams open.
+    source.onerror = () => {
+      if (source.readyState === EventSource.CLOSED) resolve(false);
+    };
+  });
+}
+
+async function poll(id) {
+  while (await refresh(id)) await new Promise((r) => setTimeout(r, POLL_MS));
+}
+
+async function follow(id) {
+  if (following.has(id)) return;
+  following.add(id);
+  try {
+    if (!(await refresh(id))) return;
+    if (!(await stream(id))) await poll(id);
+    await refresh(id); // the record's outputs, presigned, and its errors
+  } catch (err) {
+    console.warn("following stopped", id, err);
+  } finally {
+    following.delete(id);
+  }
+}
+
+function showNewest(id) {
+  const node = document.querySelector(`[data-job="${id}"]`);
+  if (node) node.scrollIntoView({ block: "nearest" });
 }
 
 async function submit(event) {
@@ -170,7 +278,8 @@ async function submit(event) {
     saveHistory(jobs);
     message.textContent = `Accepted: job ${body.job_id}`;
     render();
-    poll(body.job_id);
+    showNewest(body.job_id); // on a phone the list is below the form
+    follow(body.job_id);
   } catch (err) {
     message.className = "message error";
     message.textContent = `Could not reach the server: ${err.message}`;
@@ -188,9 +297,23 @@ async function loadPresets() {
       presets[preset.name] = preset;
       $("preset").append(el("option", { value: preset.name }, preset.name));
     }
+    syncPreset();
   } catch (err) {
     console.warn("presets unavailable", err);
   }
+}
+
+// The select names the preset the spec text asks for, and "custom" for anything else.
+function syncPreset() {
+  let name = "";
+  try {
+    const spec = JSON.parse($("spec").value);
+    const keys = spec && typeof spec === "object" ? Object.keys(spec) : [];
+    if (keys.length === 1 && typeof spec.preset === "string" && presets[spec.preset]) name = spec.preset;
+  } catch {
+    // not JSON (yet): a custom spec
+  }
+  $("preset").value = name;
 }
 
 // A link to the page with `#job=<id>` adds that job to this browser's history.
@@ -210,17 +333,19 @@ function init() {
     const name = e.target.value;
     $("spec").value = JSON.stringify(name ? { preset: name } : EXAMPLE_SPEC, null, 2);
   });
+  $("spec").addEventListener("input", syncPreset);
   $("submit").addEventListener("submit", submit);
   $("clear").addEventListener("click", () => {
     saveHistory([]);
     views.clear();
+    live.clear();
     render();
   });
   adoptLinkedJob();
   render();
   loadPresets();
   // Resume following unfinished jobs; expired ones are never queried.
-  for (const job of loadHistory()) if (!isExpired(job)) poll(job.id);
+  for (const job of loadHistory()) if (!isExpired(job)) follow(job.id);
 }
 
 init();
