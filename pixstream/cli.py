@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import click
 
-from pixstream import logs
+from pixstream import __version__, logs
 from pixstream.settings import Settings
 
 T = TypeVar("T")
@@ -22,6 +22,7 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
 
 
 @click.group()
+@click.version_option(__version__, prog_name="pixstream")
 @click.option("--log-level", default="INFO", show_default=True, help="Logging level.")
 @click.option("--json-logs", is_flag=True, help="One JSON object per log line.")
 @click.pass_context
@@ -145,51 +146,51 @@ def dev(settings: Settings, processes: int) -> None:
 
 
 @main.command()
-@click.argument(
-    "files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
-)
+@click.argument("paths", nargs=-1, required=True)
 @click.option(
     "--steps",
     "spec_file",
-    type=click.Path(exists=True, path_type=Path),
-    help='A job spec JSON file ({"steps": [...]}).',
+    type=click.Path(dir_okay=False, path_type=Path),
+    help='A job spec JSON file ({"steps": [...]}), e.g. examples/spec.json.',
 )
 @click.option("--preset", help="A preset name instead of --steps (see GET /v1/presets).")
 @click.option("--wait", is_flag=True, help="Follow the jobs until they finish.")
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Download the outputs here (implies --wait).",
+    help="Save the outputs as OUT/<file stem>/<step>.<ext> (implies --wait).",
 )
+@click.option("--concurrency", default=4, show_default=True, type=click.IntRange(1, 64),
+              help="Uploads at once.")  # fmt: skip
+@click.option("--json", "json_output", is_flag=True, help="Print the results as JSON.")
 @click.option("--url", "base_url", help="The ingress (default: from PIXSTREAM_HTTP_*).")
+@click.option("--api-key", envvar="PIXSTREAM_API_KEY", help="Act as this key's tenant.")
 @click.pass_obj
 def submit(
     settings: Settings,
-    files: tuple[Path, ...],
+    paths: tuple[str, ...],
     spec_file: Path | None,
     preset: str | None,
     wait: bool,
     out: Path | None,
+    concurrency: int,
+    json_output: bool,
     base_url: str | None,
+    api_key: str | None,
 ) -> None:
-    """Submit images with a spec, show progress, download outputs."""
-    import json
+    """Submit images (files, folders of images, globs) with a spec, show live progress,
+    download the outputs; a bad file is reported and the others go on."""
+    from pixstream import submitting
 
-    from pixstream.client import SubmitError, submit_files
-
-    if bool(spec_file) == bool(preset):
-        raise click.UsageError("give --steps SPEC.json or --preset NAME")
-    spec = json.loads(spec_file.read_text()) if spec_file else {"preset": preset}
     url = base_url or f"http://{settings.http_host}:{settings.http_port}"
     try:
-        failed = _run(
-            submit_files(
-                url, list(files), spec, wait=wait or out is not None, out=out, echo=click.echo
-            )
-        )
-    except SubmitError as exc:
-        raise click.ClickException(str(exc)) from exc
-    sys.exit(1 if failed else 0)
+        spec = submitting.load_spec(spec_file, preset)
+        code = submitting.run(url, paths, spec, concurrency=concurrency,
+                              wait=wait or out is not None, out=out,
+                              json_output=json_output, api_key=api_key)  # fmt: skip
+    except submitting.SubmitFailed as exc:
+        raise click.ClickException(str(exc)) from None
+    sys.exit(code)
 
 
 @main.command()
