@@ -74,6 +74,11 @@ _REDELIVERY_HEADERS: Final = {
         r"^dlq:[0-9]+:[0-9]+$",
         "Set by `pixstream dlq replay`: the dead letter (partition:offset) this record re-drives.",
     ),
+    redelivery.REDRIVE: (
+        r"^[0-9]+$",
+        "Set by the reconciler on a job.requested it sends again for a stalled job (how many "
+        "times so far): the job id is already PixStream's, so it is not claimed again.",
+    ),
 }
 _DEAD_LETTER_HEADERS: Final = {
     redelivery.DLQ_TOPIC: (None, "The topic the record was consumed from (before any retry)."),
@@ -84,6 +89,11 @@ _DEAD_LETTER_HEADERS: Final = {
         "The error's class, `module.QualifiedName` (for example `pixstream.errors.InvalidEvent`).",
     ),
     redelivery.DLQ_ERROR_MESSAGE: (None, "The error's message, at most 2000 characters."),
+    redelivery.DLQ_ERROR_CODE: (
+        r"^[a-z_]+$",
+        "PixStream's error code, when the error has one (for example `job_id_conflict`: a "
+        "job.requested whose job_id exists for another request).",
+    ),
     redelivery.DLQ_ATTEMPTS: (r"^[0-9]+$", "How many attempts were made."),
     redelivery.DLQ_TIME: (None, "When it was dead-lettered (ISO 8601, UTC)."),
     redelivery.DLQ_TRUNCATED: (
@@ -92,7 +102,7 @@ _DEAD_LETTER_HEADERS: Final = {
         "whole value stays at the original topic, partition and offset until its retention.",
     ),
 }
-_OPTIONAL_DEAD_LETTER_HEADERS: Final = {redelivery.DLQ_TRUNCATED}
+_OPTIONAL_DEAD_LETTER_HEADERS: Final = {redelivery.DLQ_TRUNCATED, redelivery.DLQ_ERROR_CODE}
 
 
 def document(prefix: str = DEFAULT_PREFIX) -> dict[str, Any]:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import sys
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -233,13 +234,133 @@ def ingress(settings: Settings, host: str | None, port: int | None) -> None:
     from aiohttp import web
 
     from pixstream.ingress import create_app
+    from pixstream.ingress.exposure import assess
 
     host = host or settings.http_host
     port = settings.http_port if port is None else port
+    exposure = assess(settings, host)
+    for warning in exposure.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    if exposure.refusals:
+        raise click.ClickException("; ".join(exposure.refusals))
+    sockets = [_listen(host, port)]
     click.echo(f"PixStream ingress on http://{host}:{port}/")
+    if settings.admin_port:
+        sockets.append(_listen(settings.admin_host, settings.admin_port))
+        click.echo(f"metrics and health on http://{settings.admin_host}:{settings.admin_port}/")
     # run_app turns SIGINT and SIGTERM into a graceful shutdown: it stops accepting, waits
     # up to shutdown_timeout for in-flight requests, then runs the cleanup contexts.
-    web.run_app(create_app(settings), host=host, port=port, shutdown_timeout=15, print=None)
+    web.run_app(create_app(settings), sock=sockets, shutdown_timeout=15, print=None)
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening socket, or a one-line error naming what holds the address."""
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        return socket.create_server((host.strip("[]"), port), family=family, backlog=1024)
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+
+
+@main.group()
+def keys() -> None:
+    """API keys and webhook secrets of tenants (a tenant exists from its first key)."""
+
+
+def _db(settings: Settings, use: Callable[[Any], Awaitable[T]]) -> T:
+    import asyncpg
+
+    async def run() -> T:
+        try:
+            conn = await asyncpg.connect(settings.database_url.get_secret_value(), timeout=10)
+        except (OSError, asyncpg.PostgresError) as exc:
+            raise click.ClickException(f"PostgreSQL is not reachable: {exc}") from exc
+        try:
+            return await use(conn)
+        finally:
+            await conn.close()
+
+    return _run(run())
+
+
+def _tenant_name(name: str) -> str:
+    from pixstream import apikeys
+
+    try:
+        return apikeys.check_tenant(name)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--tenant") from exc
+
+
+@keys.command("create")
+@click.option("--tenant", required=True, help="The tenant the key acts as.")
+@click.option("--label", default=None, help="What the key is for (shown by `keys list`).")
+@click.pass_obj
+def keys_create(settings: Settings, tenant: str, label: str | None) -> None:
+    """Print a new API key (shown this once; only its hash is stored) and its id."""
+    from pixstream.db import tenants
+
+    name = _tenant_name(tenant)
+    if name == "anonymous":
+        raise click.BadParameter("'anonymous' is the tenant of requests without a key")
+    info, key = _db(settings, lambda conn: tenants.create_key(conn, name, label))
+    click.echo(f"key id  {info.key_id}")
+    click.echo(f"tenant  {info.tenant}")
+    click.echo(f"api key {key}")
+    click.echo("Store it now, it is not shown again; send it as 'Authorization: Bearer <key>'.")
+
+
+@keys.command("list")
+@click.option("--tenant", default=None, help="Only this tenant's keys.")
+@click.pass_obj
+def keys_list(settings: Settings, tenant: str | None) -> None:
+    """Show every key: id, tenant, label, created, last used, revoked."""
+    from pixstream.db import tenants
+
+    found = _db(settings, lambda conn: tenants.list_keys(conn, tenant))
+    click.echo(f"{'id':<22} {'tenant':<16} {'created':<20} {'last used':<20} {'revoked':<20} label")
+
+    def when(t: Any) -> str:
+        return t.strftime("%Y-%m-%d %H:%M:%S") if t is not None else "-"
+
+    for k in found:
+        click.echo(
+            f"{k.key_id:<22} {k.tenant:<16} {when(k.created_at):<20} {when(k.last_used_at):<20} "
+            f"{when(k.revoked_at):<20} {k.label or ''}"
+        )
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+@click.pass_obj
+def keys_revoke(settings: Settings, key_id: str) -> None:
+    """Make the key fail from the next request on."""
+    from pixstream.db import tenants
+
+    tenant = _db(settings, lambda conn: tenants.revoke_key(conn, key_id))
+    if tenant is None:
+        raise click.ClickException(f"no key {key_id!r} (`pixstream keys list` shows them)")
+    click.echo(f"revoked {key_id} of tenant {tenant}")
+
+
+@keys.command("webhook-secret")
+@click.option("--tenant", required=True, help="The tenant whose webhooks it signs.")
+@click.option(
+    "--rotate",
+    is_flag=True,
+    help="Make a new secret; the old one also signs for PIXSTREAM_WEBHOOK_ROTATION_SECONDS.",
+)
+@click.pass_obj
+def keys_webhook_secret(settings: Settings, tenant: str, rotate: bool) -> None:
+    """Print the secret that signs the tenant's webhooks (made on first use)."""
+    from pixstream.db import tenants
+
+    name = _tenant_name(tenant)
+    if name == "anonymous":
+        raise click.BadParameter(
+            "the anonymous tenant signs with PIXSTREAM_WEBHOOK_SECRET", param_hint="--tenant"
+        )
+    click.echo(_db(settings, lambda conn: tenants.webhook_secret(conn, name, rotate=rotate)))
 
 
 @main.group()

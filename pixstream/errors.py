@@ -28,6 +28,9 @@ class PermanentError(PixStreamError):
     """The request cannot be processed as given."""
 
     code = "permanent_error"
+    #: Whether the job the record names is failed for it. False: the record is not that
+    #: job's to fail (another request under its id), so it is only dead-lettered.
+    fails_job = True
 
 
 class InvalidSpec(PermanentError):
@@ -112,3 +115,16 @@ class InvalidEvent(PermanentError):
     """The message is not a valid PixStream CloudEvent."""
 
     code = "invalid_event"
+
+
+class SourceForbidden(PermanentError):
+    """The job's `source.key` is outside the prefixes jobs may read (SOURCE_KEY_PREFIXES)."""
+
+    code = "source_forbidden"
+
+
+class JobIdConflict(PermanentError):
+    """A job with this id exists for another request; that job is left untouched."""
+
+    code = "job_id_conflict"
+    fails_job = False

@@ -56,7 +56,8 @@ async def _s3(settings: Settings) -> str:
     return f"bucket {settings.s3_bucket} at {settings.s3_endpoint_url}"
 
 
-async def _run(probe: Callable[[], Awaitable[str]]) -> Check:
+async def run_check(probe: Callable[[], Awaitable[str]]) -> Check:
+    """The probe's answer as a Check, within TIMEOUT_SECONDS; never raises."""
     try:
         return Check(True, await asyncio.wait_for(probe(), TIMEOUT_SECONDS))
     except Exception as exc:  # any failure is the answer, not a crash of the check
@@ -66,5 +67,5 @@ async def _run(probe: Callable[[], Awaitable[str]]) -> Check:
 async def check_all(settings: Settings) -> Report:
     names = ("kafka", "postgres", "s3")
     probes = (_kafka, _postgres, _s3)
-    results = await asyncio.gather(*(_run(lambda p=p: p(settings)) for p in probes))  # type: ignore[misc]
+    results = await asyncio.gather(*(run_check(lambda p=p: p(settings)) for p in probes))  # type: ignore[misc]
     return Report(dict(zip(names, results, strict=True)))

@@ -86,3 +86,16 @@ REREADS: Final = Counter(
     "topic (a rebalance cleared the buffers, a relay deferred it, a handler gave it back).",
     ["topic"],
 )
+
+OUTBOX_PENDING: Final = Gauge(
+    "pixstream_outbox_pending",
+    "Messages the ingress committed that its relay has not published yet.",
+)
+OUTBOX_LAG_SECONDS: Final = Gauge(
+    "pixstream_outbox_lag_seconds",
+    "Age of the oldest message in the ingress outbox (0 when empty).",
+)
+OUTBOX_PUBLISHED: Final = Counter(
+    "pixstream_outbox_published_total",
+    "Outbox messages the relay published to Kafka.",
+)

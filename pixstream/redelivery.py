@@ -25,12 +25,17 @@ DLQ_PARTITION: Final = "pixstream-dlq-original-partition"
 DLQ_OFFSET: Final = "pixstream-dlq-original-offset"
 DLQ_ERROR_CLASS: Final = "pixstream-dlq-error-class"
 DLQ_ERROR_MESSAGE: Final = "pixstream-dlq-error-message"
+#: PixStream's error code when the error has one (`job_id_conflict`, `invalid_event`, ...).
+DLQ_ERROR_CODE: Final = "pixstream-dlq-error-code"
 DLQ_ATTEMPTS: Final = "pixstream-dlq-attempts"
 DLQ_TIME: Final = "pixstream-dlq-time"
 #: Set on a dead letter whose value had to be cut to fit the topic: the original size in
 #: bytes. The whole value is still at DLQ_TOPIC / DLQ_PARTITION / DLQ_OFFSET until retention.
 DLQ_TRUNCATED: Final = "pixstream-dlq-truncated"
 REPLAY_OF: Final = "pixstream-replay-of"
+#: Set by the reconciler on a job.requested it sends again for a stalled job: the job is
+#: PixStream's own already, so the planner does not claim its id again.
+REDRIVE: Final = "pixstream-redrive"
 
 _RETRY_HEADERS: Final = (ATTEMPT, ORIGIN_TOPIC, ORIGIN_PARTITION, ORIGIN_OFFSET, NOT_BEFORE)
 DLQ_HEADERS: Final = (
@@ -39,6 +44,7 @@ DLQ_HEADERS: Final = (
     DLQ_OFFSET,
     DLQ_ERROR_CLASS,
     DLQ_ERROR_MESSAGE,
+    DLQ_ERROR_CODE,
     DLQ_ATTEMPTS,
     DLQ_TIME,
     DLQ_TRUNCATED,
@@ -150,8 +156,11 @@ def dead_letter_headers(
 ) -> list[tuple[str, bytes]]:
     """The original record's context, for `pixstream dlq list` and `replay`."""
     message = str(error) or type(error).__name__
+    code = getattr(error, "code", None)
+    coded = {"pixstream_dlq_error_code": code} if isinstance(code, str) else {}
     return with_headers(
         record.headers,
+        **coded,
         pixstream_dlq_original_topic=record.topic,
         pixstream_dlq_original_partition=str(record.partition),
         pixstream_dlq_original_offset=str(record.offset),

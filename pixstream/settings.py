@@ -7,7 +7,7 @@ without any configuration. There is no module-level instance: the CLI builds one
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -47,6 +47,10 @@ DEFAULT_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+#: Published in this repository, so it authenticates nothing: for the loopback default only.
+BUILT_IN_WEBHOOK_SECRET: Final = "whsec_cGl4c3RyZWFtLWxvY2FsLXdlYmhvb2stc2VjcmV0"
+
+
 class Settings(BaseSettings):
     """PixStream's settings; every field is `PIXSTREAM_<FIELD>` in the environment."""
 
@@ -75,12 +79,23 @@ class Settings(BaseSettings):
     # and the longest silence on a stream before a comment line (the contract says 15 s).
     max_event_subscribers: int = Field(default=1000, gt=0)
     sse_keepalive_seconds: float = Field(default=15.0, gt=0, le=15.0)
-    # Job creations per client address per minute; 0 turns the limit off.
-    rate_limit_per_minute: int = Field(default=0, ge=0)
+    # Job creations per minute per API key (per client address for the anonymous tenant),
+    # in bursts of up to as many; 0 turns the limit off.
+    rate_limit_per_minute: int = Field(default=600, ge=0)
+    # Requests without an API key act as the `anonymous` tenant: `on` (any job), `presets`
+    # (only `{"preset": ...}` jobs) or `off` (401). `on` off loopback is warned about.
+    anonymous: Literal["on", "presets", "off"] = "on"
+    # A separate listener for /metrics and /health (0: served on the main port), so they
+    # need not face the clients.
+    admin_port: int = Field(default=0, ge=0, le=65535)
+    admin_host: str = "127.0.0.1"
 
-    # Webhooks
-    webhook_secret: SecretStr = SecretStr("whsec_cGl4c3RyZWFtLWxvY2FsLXdlYmhvb2stc2VjcmV0")
+    # Webhooks. The secret signs the anonymous tenant's webhooks (and those of tenants
+    # without one of their own): the built-in one is refused on a non-loopback bind.
+    webhook_secret: SecretStr = SecretStr(BUILT_IN_WEBHOOK_SECRET)
     webhook_allow_private: bool = False
+    # After `pixstream keys webhook-secret --rotate`, deliveries carry both signatures this long.
+    webhook_rotation_seconds: float = Field(default=86_400.0, ge=0)
     webhook_timeout_seconds: float = Field(default=10.0, gt=0)
     # Seconds before attempts 2, 3, ... of a delivery (each +-20% jitter); when spent, failed.
     webhook_retry_schedule: list[float] = Field(
@@ -105,6 +120,9 @@ class Settings(BaseSettings):
     # Address-space limit (RLIMIT_AS) of each render process: a bomb past the checks ends
     # that process with worker_crashed, not the worker. Virtual memory: leave room above RSS.
     render_memory_limit_bytes: int = Field(default=1_200_000_000, gt=0)
+    # A `source.key` of a job produced to Kafka must start with one of these; any other key
+    # fails the job with `source_forbidden` before the object is read.
+    source_key_prefixes: list[str] = Field(default_factory=lambda: ["raw/"], min_length=1)
     source_fetch_timeout_seconds: float = Field(default=15.0, gt=0)
     # Lets `source.url` jobs fetch from loopback/private addresses: development and tests only.
     source_allow_private: bool = False

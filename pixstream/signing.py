@@ -10,7 +10,7 @@ import binascii
 import hashlib
 import hmac
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 SECRET_PREFIX = "whsec_"
 SIGNATURE_VERSION = "v1"
@@ -40,12 +40,15 @@ def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
     return f"{SIGNATURE_VERSION},{base64.b64encode(digest).decode('ascii')}"
 
 
-def headers(secret: str, msg_id: str, timestamp: int, body: bytes) -> dict[str, str]:
-    """The three signature headers for one delivery attempt."""
+def headers(secrets: Sequence[str], msg_id: str, timestamp: int, body: bytes) -> dict[str, str]:
+    """The three signature headers for one delivery attempt, signed with every secret in
+    `secrets` (space-separated: during a rotation, receivers with either secret verify)."""
+    if not secrets:
+        raise ValueError("a webhook needs at least one secret to be signed")
     return {
         HEADER_ID: msg_id,
         HEADER_TIMESTAMP: str(timestamp),
-        HEADER_SIGNATURE: sign(secret, msg_id, timestamp, body),
+        HEADER_SIGNATURE: " ".join(sign(s, msg_id, timestamp, body) for s in secrets),
     }
 
 

@@ -171,13 +171,13 @@ async def _attempt(
     body: bytes,
     *,
     event_id: str,
-    secret: str,
+    secrets: Sequence[str],
     timeout_seconds: float,
     allow_private: bool,
 ) -> DeliveryResult:
     # A fresh timestamp per attempt: receivers reject signatures older than a few minutes,
     # and retries come hours later. The id stays the event's, so receivers can deduplicate.
-    request_headers = signing.headers(secret, event_id, int(time.time()), body)
+    request_headers = signing.headers(secrets, event_id, int(time.time()), body)
     request_headers["Content-Type"] = "application/json"
     started = time.monotonic()
     try:
@@ -207,7 +207,7 @@ async def deliver(
     event_body: bytes,
     *,
     event_id: str,
-    secret: str,
+    secrets: Sequence[str],
     # Seconds for the HTTP request (aiohttp's ClientTimeout), not a deadline on this
     # coroutine: the breaker bookkeeping after it must always run.
     timeout: float,  # noqa: ASYNC109
@@ -231,7 +231,7 @@ async def deliver(
             url,
             event_body,
             event_id=event_id,
-            secret=secret,
+            secrets=secrets,
             timeout_seconds=timeout,
             allow_private=allow_private,
         ),

@@ -18,12 +18,13 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Self
 
 from aiokafka.admin import AIOKafkaAdminClient
 from PIL import Image
 
 from pixstream import kafka
+from pixstream.apikeys import ANONYMOUS
 from pixstream.events import (
     JOB_COMPLETED,
     JOB_FAILED,
@@ -33,6 +34,7 @@ from pixstream.events import (
     SourceKey,
     make_event,
 )
+from pixstream.ownership import with_tenant
 from pixstream.settings import Settings
 from pixstream.spec import StepSpec
 from pixstream.storage import open_storage
@@ -81,8 +83,10 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
     return env
 
 
-class WorkerProcess:
-    """`pixstream worker` as a child process; its output goes to a log file."""
+class PixstreamProcess:
+    """A `pixstream <command>` child process; its output goes to a log file."""
+
+    command: ClassVar[str]
 
     def __init__(self, settings: Settings, log_path: Path, *args: str, **env: str) -> None:
         self.settings = settings
@@ -91,10 +95,10 @@ class WorkerProcess:
         self.env = settings_env(settings, **env)
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> WorkerProcess:
+    def start(self) -> Self:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "pixstream", "worker", *self.args],
+                [sys.executable, "-m", "pixstream", self.command, *self.args],
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -117,6 +121,14 @@ class WorkerProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-5000:]
+
+
+class WorkerProcess(PixstreamProcess):
+    command = "worker"
+
+
+class IngressProcess(PixstreamProcess):
+    command = "ingress"
 
 
 class EventWatcher:
@@ -216,12 +228,18 @@ def job_requested(
 
 
 async def submit(
-    settings: Settings, data: bytes | None = None, steps: list[StepSpec] | None = None, **extra: Any
+    settings: Settings,
+    data: bytes | None = None,
+    steps: list[StepSpec] | None = None,
+    *,
+    tenant: str = ANONYMOUS,
+    **extra: Any,
 ) -> str:
-    """Store a source and produce its job request, as another system would."""
+    """Store a source and produce its job request for `tenant`, as another system would."""
     job_id = new_job_id()
     key = await put_source(settings, job_id, data or jpeg_bytes())
-    await produce(settings, "jobs", job_requested(job_id, key, steps, **extra).to_bytes(), job_id)
+    event = with_tenant(job_requested(job_id, key, steps, **extra), tenant)
+    await produce(settings, "jobs", event.to_bytes(), job_id)
     return job_id
 
 

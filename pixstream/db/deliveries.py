@@ -30,7 +30,15 @@ WHERE event_id IN (
     LIMIT $1
     FOR UPDATE SKIP LOCKED
 )
-RETURNING event_id, job_id, url, body, attempts
+RETURNING event_id, job_id, url, body, attempts,
+    -- The job's tenant's secrets at the time of sending (empty: the anonymous tenant's, or a
+    -- tenant without one of its own, which sign with PIXSTREAM_WEBHOOK_SECRET).
+    ARRAY(
+        SELECT s.secret FROM webhook_secrets s
+        WHERE s.tenant = (SELECT j.tenant FROM jobs j WHERE j.job_id = webhook_deliveries.job_id)
+          AND (s.retired_at IS NULL OR s.retired_at > now() - make_interval(secs => $3))
+        ORDER BY s.id DESC
+    ) AS secrets
 """
 
 # The result updates below only touch a pending row: a worker whose lease ran out while it was
@@ -66,23 +74,36 @@ WHERE event_id = $1 AND state = 'pending'
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
-    """A claimed row: what to send where, and how many attempts it has had."""
+    """A claimed row: what to send where, signed with which of its tenant's secrets, and how
+    many attempts it has had."""
 
     event_id: str
     job_id: str
     url: str
     body: bytes
     attempts: int
+    secrets: tuple[str, ...] = ()
 
 
 async def enqueue(conn: Any, event_id: str, job_id: str, url: str, body: bytes) -> None:
     await conn.execute(INSERT_DELIVERY, event_id, job_id, url, body)
 
 
-async def claim_due(conn: Any, limit: int, lease_seconds: float) -> list[Delivery]:
-    rows = await conn.fetch(CLAIM_DUE, limit, lease_seconds)
+async def claim_due(
+    conn: Any, limit: int, lease_seconds: float, rotation_seconds: float
+) -> list[Delivery]:
+    """Up to `limit` due deliveries, leased for `lease_seconds`; a secret retired less than
+    `rotation_seconds` ago still signs."""
+    rows = await conn.fetch(CLAIM_DUE, limit, lease_seconds, rotation_seconds)
     return [
-        Delivery(r["event_id"], r["job_id"], r["url"], bytes(r["body"]), r["attempts"])
+        Delivery(
+            r["event_id"],
+            r["job_id"],
+            r["url"],
+            bytes(r["body"]),
+            r["attempts"],
+            tuple(r["secrets"]),
+        )
         for r in rows
     ]
 

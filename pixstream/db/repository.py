@@ -17,7 +17,7 @@ from typing import Any, Final
 
 import asyncpg
 
-from pixstream import errors
+from pixstream import errors, ownership
 from pixstream.events import (
     JOB_COMPLETED,
     JOB_FAILED,
@@ -57,44 +57,72 @@ class IdempotencyKeyReused(errors.PermanentError):
 
 # -- SQL ----------------------------------------------------------------------------------------
 INSERT_JOB: Final = """
-INSERT INTO jobs (job_id, status, steps_total, spec, source_key, webhook_url)
-VALUES ($1, 'queued', $2, $3::text::jsonb, $4, $5)
+INSERT INTO jobs (job_id, status, steps_total, spec, source_key, webhook_url, tenant,
+                  request_hash)
+VALUES ($1, 'queued', $2, $3::text::jsonb, $4, $5, $6, $7)
 """
+
+# The planner's claim of a job id for the request it is about to run: a new row, or the
+# details of a placeholder an overtaking event made. Whatever row it finds carries the digest
+# of the request that owns the id (NULL only for rows from before digests were kept).
+CLAIM_JOB_ID: Final = """
+INSERT INTO jobs (job_id, status, steps_total, spec, source_key, webhook_url, tenant,
+                  request_hash, created_at, updated_at)
+VALUES ($1, 'queued', $2, $3::text::jsonb, $4, $5, $6, $7, $8, $8)
+ON CONFLICT (job_id) DO UPDATE
+    SET steps_total = EXCLUDED.steps_total, spec = EXCLUDED.spec,
+        source_key = EXCLUDED.source_key, webhook_url = EXCLUDED.webhook_url,
+        tenant = EXCLUDED.tenant, request_hash = EXCLUDED.request_hash,
+        created_at = LEAST(jobs.created_at, EXCLUDED.created_at)
+    WHERE jobs.steps_total = 0 AND jobs.request_hash IS NULL
+"""
+
+SELECT_REQUEST_HASH: Final = "SELECT request_hash FROM jobs WHERE job_id = $1"
 
 # A key older than the TTL is taken over by the new request, as if it had never been used.
 # A concurrent claim of the same key waits here on the unique index until the first
 # transaction commits (then it sees the row) or rolls back (then it inserts its own).
 CLAIM_IDEMPOTENCY_KEY: Final = """
-INSERT INTO idempotency_keys (key, request_hash, job_id)
-VALUES ($1, $2, $3)
-ON CONFLICT (key) DO UPDATE
+INSERT INTO idempotency_keys (tenant, key, request_hash, job_id)
+VALUES ($1, $2, $3, $4)
+ON CONFLICT (tenant, key) DO UPDATE
     SET request_hash = EXCLUDED.request_hash, job_id = EXCLUDED.job_id, created_at = now()
-    WHERE idempotency_keys.created_at < now() - make_interval(secs => $4)
+    WHERE idempotency_keys.created_at < now() - make_interval(secs => $5)
 RETURNING job_id
 """
 
 SELECT_IDEMPOTENCY_KEY: Final = """
-SELECT job_id, request_hash FROM idempotency_keys WHERE key = $1
+SELECT job_id, request_hash FROM idempotency_keys WHERE tenant = $1 AND key = $2
 """
 
 _JOB_COLUMNS: Final = """
 job_id, status, steps_total, spec::text AS spec, source_key, webhook_url, steps::text AS steps,
-job_error::text AS job_error, created_at, updated_at, finished_at
+job_error::text AS job_error, created_at, updated_at, finished_at, tenant
 """
 
 SELECT_JOB: Final = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = $1"
 SELECT_JOB_FOR_UPDATE: Final = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = $1 FOR UPDATE"
 
+# Newest first; the cursor is the (created_at, job_id) of the last job of the previous page.
+LIST_JOBS: Final = f"""
+SELECT {_JOB_COLUMNS} FROM jobs
+WHERE tenant = $1
+  AND ($2::text IS NULL OR status = $2)
+  AND ($3::timestamptz IS NULL OR (created_at, job_id) < ($3, $4))
+ORDER BY created_at DESC, job_id DESC
+LIMIT $5
+"""
+
 # job.requested: a new row; or the details of a placeholder row that a step or terminal event
 # created when it overtook its job.requested (steps_total = 0 marks one: a real job has steps).
 RECORD_REQUESTED: Final = """
 INSERT INTO jobs (job_id, status, steps_total, spec, source_key, webhook_url,
-                  created_at, updated_at)
-VALUES ($1, 'queued', $2, $3::text::jsonb, $4, $5, $6, $6)
+                  created_at, updated_at, tenant)
+VALUES ($1, 'queued', $2, $3::text::jsonb, $4, $5, $6, $6, $7)
 ON CONFLICT (job_id) DO UPDATE
     SET steps_total = EXCLUDED.steps_total, spec = EXCLUDED.spec,
         source_key = EXCLUDED.source_key, webhook_url = EXCLUDED.webhook_url,
-        created_at = LEAST(jobs.created_at, EXCLUDED.created_at)
+        tenant = EXCLUDED.tenant, created_at = LEAST(jobs.created_at, EXCLUDED.created_at)
     WHERE jobs.steps_total = 0
 """
 
@@ -136,6 +164,7 @@ class JobRecord:
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None
+    tenant: str = "anonymous"
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> JobRecord:
@@ -151,6 +180,7 @@ class JobRecord:
             created_at=row["created_at"],
             updated_at=row["updated_at"],
             finished_at=row["finished_at"],
+            tenant=row["tenant"],
         )
 
     @property
@@ -228,31 +258,94 @@ async def create_job(
     steps_total: int,
     source_key: str | None,
     webhook_url: str | None,
+    tenant: str,
+    request_hash: str,
 ) -> None:
-    """Insert a queued job; the recorder's later job.requested for it then changes nothing."""
-    await conn.execute(INSERT_JOB, job_id, steps_total, spec_json, source_key, webhook_url)
+    """Insert a queued job; the planner's and the recorder's later job.requested for it then
+    change nothing. `request_hash` is `ownership.request_digest` of its job.requested."""
+    await conn.execute(
+        INSERT_JOB, job_id, steps_total, spec_json, source_key, webhook_url, tenant, request_hash
+    )
+
+
+async def claim_job_id(
+    conn: Any,
+    *,
+    job_id: str,
+    spec_json: str,
+    steps_total: int,
+    source_key: str | None,
+    webhook_url: str | None,
+    tenant: str,
+    request_hash: str,
+    time: datetime,
+) -> bool:
+    """Make the job's row for the request `request_hash` unless it exists: True when the id is
+    this request's (new, or the same request again), False when another request holds it."""
+    await conn.execute(
+        CLAIM_JOB_ID,
+        job_id,
+        steps_total,
+        spec_json,
+        source_key,
+        webhook_url,
+        tenant,
+        request_hash,
+        time,
+    )
+    owner = await conn.fetchval(SELECT_REQUEST_HASH, job_id)
+    return owner is None or owner == request_hash
+
+
+async def set_source_key(conn: Any, job_id: str, key: str) -> None:
+    """Record where a fetched source was stored (a job from a `source.url` had no key)."""
+    await conn.execute(
+        "UPDATE jobs SET source_key = $2 WHERE job_id = $1 AND source_key IS NULL", job_id, key
+    )
+
+
+async def idempotent_job(conn: Any, tenant: str, key: str, request_hash: str) -> str | None:
+    """The live job the tenant's `key` names for this same request, or None when the key is
+    free (or expired); IdempotencyKeyReused when it names another request."""
+    row = await conn.fetchrow(
+        SELECT_IDEMPOTENCY_KEY + " AND created_at >= now() - make_interval(secs => $3)",
+        tenant,
+        key,
+        float(IDEMPOTENCY_TTL_SECONDS),
+    )
+    if row is None:
+        return None
+    if row["request_hash"] != request_hash:
+        raise _reused(key)
+    return str(row["job_id"])
+
+
+def _reused(key: str) -> IdempotencyKeyReused:
+    return IdempotencyKeyReused(
+        f"Idempotency-Key {key!r} was used within the last 24 h for a different request; "
+        "use a new key for a new request"
+    )
 
 
 async def claim_idempotency_key(
-    conn: Any, key: str, request_hash: str, job_id: str
+    conn: Any, tenant: str, key: str, request_hash: str, job_id: str
 ) -> tuple[str, bool]:
-    """Bind `key` to `job_id`, or return the job it already names: (job_id, created).
+    """Bind the tenant's `key` to `job_id`, or return the job it already names:
+    (job_id, created).
 
     Run it inside the transaction that creates the job, so a concurrent duplicate blocks on the
-    key until that transaction ends. IdempotencyKeyReused when the key names another request.
+    key until that transaction ends. IdempotencyKeyReused when the key names another request
+    (without naming the job: the key may be a guess).
     """
-    claimed = await conn.fetchval(CLAIM_IDEMPOTENCY_KEY, key, request_hash, job_id,
+    claimed = await conn.fetchval(CLAIM_IDEMPOTENCY_KEY, tenant, key, request_hash, job_id,
                                   float(IDEMPOTENCY_TTL_SECONDS))  # fmt: skip
     if claimed is not None:
         return str(claimed), True
-    row = await conn.fetchrow(SELECT_IDEMPOTENCY_KEY, key)
+    row = await conn.fetchrow(SELECT_IDEMPOTENCY_KEY, tenant, key)
     if row is None:  # cannot happen inside one transaction; a clear error if it ever does
         raise errors.TransientError(f"Idempotency-Key {key!r} vanished while being claimed")
     if row["request_hash"] != request_hash:
-        raise IdempotencyKeyReused(
-            f"Idempotency-Key {key!r} was used within the last 24 h for a different request "
-            f"(job {row['job_id']}); use a new key for a new request"
-        )
+        raise _reused(key)
     return str(row["job_id"]), False
 
 
@@ -260,6 +353,20 @@ async def claim_idempotency_key(
 async def get_job(conn: Any, job_id: str) -> JobRecord | None:
     row = await conn.fetchrow(SELECT_JOB, job_id)
     return JobRecord.from_row(row) if row is not None else None
+
+
+async def list_jobs(
+    conn: Any,
+    tenant: str,
+    *,
+    limit: int,
+    status: str | None = None,
+    after: tuple[datetime, str] | None = None,
+) -> list[JobRecord]:
+    """The tenant's jobs newest first, from just past `after` (created_at, job_id)."""
+    since, last_id = after if after is not None else (None, None)
+    rows = await conn.fetch(LIST_JOBS, tenant, status, since, last_id, limit)
+    return [JobRecord.from_row(row) for row in rows]
 
 
 async def webhook_status(conn: Any, job_id: str) -> WebhookStatus | None:
@@ -367,7 +474,7 @@ async def apply_event(conn: Any, event: CloudEvent) -> None:
         return
     data = parse_data(event)
     if isinstance(data, JobRequested):
-        await _record_requested(conn, data, event.time)
+        await _record_requested(conn, data, event.time, ownership.tenant_of(event))
         return
     if not isinstance(data, StepEvent | TerminalEvent):
         return
@@ -391,7 +498,7 @@ async def apply_event(conn: Any, event: CloudEvent) -> None:
         )
 
 
-async def _record_requested(conn: Any, data: JobRequested, time: datetime) -> None:
+async def _record_requested(conn: Any, data: JobRequested, time: datetime, tenant: str) -> None:
     spec: dict[str, Any] = {"steps": [s.model_dump(mode="json") for s in data.steps]}
     if data.webhook_url is not None:
         spec["webhook_url"] = data.webhook_url
@@ -404,4 +511,5 @@ async def _record_requested(conn: Any, data: JobRequested, time: datetime) -> No
         source_key,
         data.webhook_url,
         time,
+        tenant,
     )

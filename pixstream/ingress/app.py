@@ -1,40 +1,53 @@
 """The ingress application: `create_app(settings)` wires the clients, middlewares and routes.
 
-Each client (PostgreSQL pool, S3, Kafka producer) is opened and closed by one `cleanup_ctx`
-entry, so whatever opened is closed even when a later one fails to start.
+Each client (PostgreSQL pool, S3, the outbox relay and its Kafka producer) is opened and
+closed by one `cleanup_ctx` entry, so whatever opened is closed even when a later one fails
+to start. The ingress needs PostgreSQL and S3 to accept a job, not Kafka: the relay catches
+up once the broker is back.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
-from aiokafka import AIOKafkaProducer
 
 from pixstream import asyncapi
 from pixstream.db.repository import open_pool
 from pixstream.ingress import progress
 from pixstream.ingress.admission import UPLOAD_SLOTS, UploadSlots, upload_slots_middleware
-from pixstream.ingress.keys import KAFKA_TIMEOUT, LIMITER, POOL, PRODUCER, SETTINGS, STORAGE
-from pixstream.ingress.problems import problem_middleware
+from pixstream.ingress.auth import auth_middleware
+from pixstream.ingress.keys import HEALTH, LIMITER, POOL, RELAY, SETTINGS, STORAGE
+from pixstream.ingress.problems import NotFound, problem_middleware
 from pixstream.ingress.ratelimit import RateLimiter
+from pixstream.ingress.relay import OutboxRelay
 from pixstream.ingress.routes import setup_routes
+from pixstream.ingress.status import Status
 from pixstream.ingress.upload import max_request_bytes
 from pixstream.metrics import HTTP_REQUESTS, HTTP_SECONDS
 from pixstream.settings import Settings
 from pixstream.storage import open_storage
 
-DEFAULT_KAFKA_TIMEOUT = 10.0
+#: What the admin listener (PIXSTREAM_ADMIN_PORT) serves, and only it when there is one.
+ADMIN_PATHS = frozenset({"/metrics", "/health"})
 
 
-def create_app(
-    settings: Settings, *, kafka_timeout: float = DEFAULT_KAFKA_TIMEOUT
-) -> web.Application:
-    """The ingress; `kafka_timeout` bounds the wait for the broker before a 503."""
+def create_app(settings: Settings) -> web.Application:
+    """The ingress: its API, page and documents, and /metrics and /health unless those have
+    a listener of their own (`admin_port`)."""
     app = web.Application(
-        middlewares=[metrics_middleware, problem_middleware, upload_slots_middleware],
+        middlewares=[
+            metrics_middleware,
+            problem_middleware,
+            admin_split_middleware,
+            auth_middleware,
+            upload_slots_middleware,
+        ],
         # Uploads are streamed by the handler, which enforces the exact limit; this caps
         # every other way of reading a body at the same size.
         client_max_size=max_request_bytes(settings.max_upload_bytes),
@@ -42,8 +55,7 @@ def create_app(
     app[SETTINGS] = settings
     app[LIMITER] = RateLimiter(settings.rate_limit_per_minute)
     app[UPLOAD_SLOTS] = UploadSlots(settings.max_uploads_in_flight)
-    app[KAFKA_TIMEOUT] = kafka_timeout
-    app.cleanup_ctx.extend([_database, _storage, _producer])
+    app.cleanup_ctx.extend([_database, _storage, _relay, _status])
     setup_routes(app)
     progress.setup(app)
     app.router.add_get("/asyncapi.json", get_asyncapi, name="asyncapi")
@@ -67,26 +79,35 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
-async def _producer(app: web.Application) -> AsyncIterator[None]:
-    settings = app[SETTINGS]
-    # Not kafka.open_producer: an idempotent producer never expires a batch, so a send that
-    # timed out while the broker was down would still be delivered once it is back, for a job
-    # the client was told was refused. Without idempotence the batch fails at
-    # request_timeout_ms instead; a duplicate job.requested (same job id) is harmless
-    # downstream, a late one is not.
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap,
-        acks="all",
-        enable_idempotence=False,
-        request_timeout_ms=int(app[KAFKA_TIMEOUT] * 1000),
-        client_id=f"{settings.app_id}-ingress",
-    )
-    await producer.start()
-    app[PRODUCER] = producer
+async def _relay(app: web.Application) -> AsyncIterator[None]:
+    relay = OutboxRelay(app[POOL], app[SETTINGS])
+    app[RELAY] = relay
+    task = asyncio.create_task(relay.run(), name="outbox-relay")
     try:
         yield
     finally:
-        await producer.stop()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await relay.drain()  # what the last requests committed goes out now, not at next start
+
+
+async def _status(app: web.Application) -> AsyncIterator[None]:
+    app[HEALTH] = Status(app[SETTINGS], app[POOL], app[STORAGE])
+    yield
+
+
+@web.middleware
+async def admin_split_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """With an admin port, /metrics and /health answer there only, and nothing else does."""
+    admin_port = request.app[SETTINGS].admin_port
+    if admin_port:
+        transport = request.transport
+        sockname: Any = transport.get_extra_info("sockname") if transport is not None else None
+        on_admin = isinstance(sockname, tuple) and sockname[1] == admin_port
+        if on_admin != (request.path in ADMIN_PATHS):
+            raise NotFound(f"no resource at {request.path}")
+    return await handler(request)
 
 
 @web.middleware

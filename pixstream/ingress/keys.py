@@ -5,16 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
-from aiokafka import AIOKafkaProducer
 
 from pixstream.ingress.ratelimit import RateLimiter
+from pixstream.ingress.relay import OutboxRelay
+from pixstream.ingress.status import Status
 from pixstream.settings import Settings
 from pixstream.storage import Storage
 
 SETTINGS = web.AppKey("settings", Settings)
 POOL: web.AppKey[Any] = web.AppKey("pool")  # asyncpg.Pool; asyncpg ships no types
 STORAGE = web.AppKey("storage", Storage)
-PRODUCER = web.AppKey("producer", AIOKafkaProducer)
 LIMITER = web.AppKey("limiter", RateLimiter)
-#: Seconds to wait for Kafka's acknowledgement of a job.requested event before a 503.
-KAFKA_TIMEOUT = web.AppKey("kafka_timeout", float)
+RELAY = web.AppKey("relay", OutboxRelay)
+HEALTH = web.AppKey("health", Status)

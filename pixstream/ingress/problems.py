@@ -27,6 +27,7 @@ RETRY_AFTER_SECONDS: Final = 5
 #: The HTTP status of each PermanentError code; any other code is a 422.
 STATUS_BY_CODE: Final = {
     "bad_request": 400,
+    "unauthorized": 401,
     "not_found": 404,
     "too_large": 413,
     "unsupported_format": 415,
@@ -107,7 +108,8 @@ def from_exception(request: web.Request, exc: BaseException) -> web.Response:
         return problem(request, 429, exc.message, code=exc.code, headers={"Retry-After": retry})
     if isinstance(exc, errors.PermanentError):
         status = STATUS_BY_CODE.get(exc.code, 422)
-        return problem(request, status, exc.message, code=exc.code)
+        challenge = {"WWW-Authenticate": 'Bearer realm="pixstream"'} if status == 401 else None
+        return problem(request, status, exc.message, code=exc.code, headers=challenge)
     if isinstance(exc, errors.TransientError):
         log.warning("dependency failure on %s %s: %s", request.method, request.path, exc)
         return problem(

@@ -1,8 +1,10 @@
 """The HTTP handlers and the routing table of the ingress.
 
-POST /v1/jobs is the only write: validate everything first, then claim the idempotency key,
-insert the row, store the upload and publish job.requested inside one PostgreSQL transaction,
-so a failure anywhere leaves no row without its event (and a concurrent duplicate waits).
+POST /v1/jobs is the only write: validate everything first, store the upload in S3 (under a
+key of its own, so a retry overwrites nothing), then one short PostgreSQL transaction claims
+the idempotency key, inserts the row and queues job.requested in the outbox; the relay
+publishes it (`relay.py`). The 202 follows the commit, so it and the event are one fact: no
+503 hides a job that runs, and no connection is held across S3 or Kafka.
 """
 
 from __future__ import annotations
@@ -19,22 +21,22 @@ from pathlib import Path
 from typing import Any, Final
 
 from aiohttp import web
-from aiokafka.errors import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from pixstream import kafka, netguard
-from pixstream.db import repository
+from pixstream import netguard
+from pixstream.db import outbox, repository
 from pixstream.db.failures import DatabaseUnavailable, translated
-from pixstream.errors import TransientError
 from pixstream.events import JOB_REQUESTED, JobRequested, MetadataOutput, SourceKey, make_event
-from pixstream.health import check_all
 from pixstream.ingress import openapi
 from pixstream.ingress.admission import check_upload
-from pixstream.ingress.keys import KAFKA_TIMEOUT, LIMITER, POOL, PRODUCER, SETTINGS, STORAGE
+from pixstream.ingress.auth import Caller, Unauthorized, caller, check_spec_allowed
+from pixstream.ingress.cursor import Cursor
+from pixstream.ingress.keys import HEALTH, LIMITER, POOL, RELAY, SETTINGS, STORAGE
 from pixstream.ingress.models import (
     ErrorView,
     JobAccepted,
     JobLinks,
+    JobList,
     JobView,
     MetadataView,
     OperationInfo,
@@ -47,8 +49,9 @@ from pixstream.ingress.models import (
 )
 from pixstream.ingress.problems import BadRequest, NotFound, RateLimited
 from pixstream.ingress.upload import Upload, read_upload
-from pixstream.metrics import JOBS, UPLOAD_BYTES
+from pixstream.metrics import UPLOAD_BYTES
 from pixstream.ops import catalogue
+from pixstream.ownership import request_digest, with_tenant
 from pixstream.plan import Plan
 from pixstream.spec import ID_PATTERN, JobSpec, parse_spec
 
@@ -58,7 +61,8 @@ STATIC: Final = Path(str(resources.files("pixstream.ingress") / "static"))
 STATIC_FILES: Final = frozenset({"index.html", "app.js"})
 #: Seconds to wait for a PostgreSQL connection from the pool before answering 503.
 DB_ACQUIRE_TIMEOUT: Final = 5.0
-SEND_MARGIN: Final = 2.0
+LIST_LIMIT_DEFAULT: Final = 50
+LIST_LIMIT_MAX: Final = 200
 _IDEMPOTENCY_KEY: Final = re.compile(r"^[\x21-\x7e]{1,255}$")  # visible ASCII, like a token
 _JOB_ID: Final = re.compile(ID_PATTERN)
 
@@ -76,16 +80,19 @@ def _json(model: Any, status: int = 200, headers: dict[str, str] | None = None) 
 async def post_job(request: web.Request) -> web.Response:
     app = request.app
     settings = app[SETTINGS]
-    wait = app[LIMITER].acquire(request.remote or "unknown")
+    who = caller(request)
+    wait = app[LIMITER].acquire(who.rate_key)
     if wait:
+        per = "client address" if who.anonymous else f"API key ({who.key_id})"
         raise RateLimited(
-            f"more than {settings.rate_limit_per_minute} jobs per minute from this client",
+            f"more than {settings.rate_limit_per_minute} jobs per minute for this {per}",
             retry_after=wait,
         )
     idempotency_key = request.headers.get("Idempotency-Key")
     if idempotency_key is not None and not _IDEMPOTENCY_KEY.match(idempotency_key):
         raise BadRequest("Idempotency-Key must be 1 to 255 visible ASCII characters")
     upload = await read_upload(request, max_bytes=settings.max_upload_bytes)
+    check_spec_allowed(who, upload.spec, settings.anonymous)
     spec = parse_spec(upload.spec, presets=settings.presets, max_steps=settings.max_steps)
     if spec.webhook_url is not None:
         netguard.check_url(spec.webhook_url, allow_private=settings.webhook_allow_private)
@@ -97,7 +104,7 @@ async def post_job(request: web.Request) -> web.Response:
         max_frames=settings.max_frames,
     )
 
-    job_id = await _accept(app, upload, spec, idempotency_key)
+    job_id = await _accept(app, who, upload, spec, idempotency_key)
     location = f"/v1/jobs/{job_id}"
     body = JobAccepted(job_id=job_id, links=JobLinks(self_=location))
     return _json(body, 202, headers={"Location": location})
@@ -119,32 +126,45 @@ def request_hash(data: bytes, canonical_spec: str) -> str:
 
 
 async def _accept(
-    app: web.Application, upload: Upload, spec: JobSpec, idempotency_key: str | None
+    app: web.Application, who: Caller, upload: Upload, spec: JobSpec, idempotency_key: str | None
 ) -> str:
-    """Record, store and publish the job atomically; the id of the (possibly earlier) job."""
+    """Store the upload, then record the job and queue its event in one transaction; the id
+    of the job (an earlier one when the Idempotency-Key names it)."""
     job_id = uuid.uuid4().hex
     key = Plan.raw_key(job_id, upload.format)
     canonical = spec_json(spec)
-    event = make_event(
-        JOB_REQUESTED,
-        JobRequested(
-            job_id=job_id,
-            steps=list(spec.steps),
-            webhook_url=spec.webhook_url,
-            source=SourceKey(key=key),
+    event = with_tenant(
+        make_event(
+            JOB_REQUESTED,
+            JobRequested(
+                job_id=job_id,
+                steps=list(spec.steps),
+                webhook_url=spec.webhook_url,
+                source=SourceKey(key=key),
+            ),
         ),
+        who.tenant,
     )
+    digest = None
+    if idempotency_key is not None:
+        digest = await asyncio.to_thread(request_hash, upload.data, canonical)
+        async with translated(), app[POOL].acquire(timeout=DB_ACQUIRE_TIMEOUT) as conn:
+            earlier = await repository.idempotent_job(conn, who.tenant, idempotency_key, digest)
+        if earlier is not None:  # a retry: nothing to store again
+            return earlier
+    # Before the transaction, so no connection waits on S3. Should the transaction then fail,
+    # the object is an orphan that the bucket's expiry removes.
+    await app[STORAGE].put(key, upload.data, upload.content_type)
     async with (
         translated(),
         app[POOL].acquire(timeout=DB_ACQUIRE_TIMEOUT) as conn,
         conn.transaction(),
     ):
-        if idempotency_key is not None:
-            digest = await asyncio.to_thread(request_hash, upload.data, canonical)
+        if idempotency_key is not None and digest is not None:
             claimed, created = await repository.claim_idempotency_key(
-                conn, idempotency_key, digest, job_id
+                conn, who.tenant, idempotency_key, digest, job_id
             )
-            if not created:
+            if not created:  # a concurrent duplicate committed first
                 return claimed
         await repository.create_job(
             conn,
@@ -153,31 +173,17 @@ async def _accept(
             steps_total=len(spec.steps),
             source_key=key,
             webhook_url=spec.webhook_url,
+            tenant=who.tenant,
+            request_hash=request_digest(event),
         )
-        await app[STORAGE].put(key, upload.data, upload.content_type)
-        await _publish(app, job_id, event.to_bytes())
-        # Leaving the block commits. Should the commit itself fail after the send, the
-        # event exists without a row: the recorder then makes the row from the event, so
-        # the job is still processed and visible (a 503 can then mean "maybe accepted").
+        await outbox.add(conn, app[SETTINGS].topic("jobs"), job_id, event.to_bytes())
+    app[RELAY].wake()
     UPLOAD_BYTES.observe(len(upload.data))
-    log.info("job accepted", extra={"job_id": job_id, "format": upload.format})
+    log.info(
+        "job accepted",
+        extra={"job_id": job_id, "format": upload.format, "tenant": who.tenant},
+    )
     return job_id
-
-
-async def _publish(app: web.Application, job_id: str, value: bytes) -> None:
-    timeout = app[KAFKA_TIMEOUT]
-    topic = app[SETTINGS].topic("jobs")
-    try:
-        # The producer fails the batch itself after `timeout` (its request_timeout_ms), so the
-        # message can never be delivered later; the margin only guards against a stuck client.
-        await asyncio.wait_for(
-            kafka.send(app[PRODUCER], topic, value, key=job_id), timeout + SEND_MARGIN
-        )
-    except (KafkaError, TimeoutError) as exc:
-        raise TransientError(
-            f"Kafka did not acknowledge the job on {topic} within {timeout:g}s "
-            f"({type(exc).__name__})"
-        ) from exc
 
 
 # -- GET /v1/jobs/{job_id} ----------------------------------------------------------------------
@@ -198,9 +204,45 @@ async def find_job(request: web.Request) -> repository.JobRecord:
         raise NotFound(f"no job {job_id!r} (job ids are 1-64 letters, digits, '-' or '_')")
     async with translated(), request.app[POOL].acquire(timeout=DB_ACQUIRE_TIMEOUT) as conn:
         job = await repository.get_job(conn, job_id)
-    if job is None:
+    if job is None or not caller(request).may_read(job.tenant):
         raise NotFound(f"no job {job_id!r}")
     return job
+
+
+# -- GET /v1/jobs -------------------------------------------------------------------------------
+async def list_jobs(request: web.Request) -> web.Response:
+    who = caller(request)
+    if who.anonymous:
+        raise Unauthorized(
+            "listing jobs needs an API key (jobs without one are readable by their id only)"
+        )
+    query = request.query
+    try:
+        limit = int(query.get("limit", LIST_LIMIT_DEFAULT))
+    except ValueError:
+        raise BadRequest(f"limit must be an integer, got {query['limit']!r}") from None
+    if not 1 <= limit <= LIST_LIMIT_MAX:
+        raise BadRequest(f"limit must be between 1 and {LIST_LIMIT_MAX}, got {limit}")
+    status = query.get("status")
+    if status is not None and status not in repository.STATUSES:
+        raise BadRequest(f"status must be one of {', '.join(repository.STATUSES)}, got {status!r}")
+    after = Cursor.parse(query["cursor"]) if "cursor" in query else None
+    async with translated(), request.app[POOL].acquire(timeout=DB_ACQUIRE_TIMEOUT) as conn:
+        jobs = await repository.list_jobs(
+            conn,
+            who.tenant,
+            limit=limit + 1,  # one more than asked: whether there is a next page
+            status=status,
+            after=after.position if after is not None else None,
+        )
+    now = datetime.now(UTC)
+    page = jobs[:limit]
+    more = len(jobs) > limit
+    body = JobList(
+        jobs=[job_view(job, None, request.app, now=now) for job in page],
+        next_cursor=Cursor.of(page[-1].created_at, page[-1].job_id).text if more else None,
+    )
+    return _json(body, headers={"Cache-Control": "no-cache"})
 
 
 def job_view(
@@ -261,20 +303,16 @@ async def get_openapi(request: web.Request) -> web.Response:
 
 
 async def get_health(request: web.Request) -> web.Response:
-    report = await check_all(request.app[SETTINGS])
+    report = await request.app[HEALTH].report()
     return web.json_response(report.as_dict(), status=200 if report.ok else 503)
 
 
 async def get_metrics(request: web.Request) -> web.Response:
     try:
-        async with translated(), request.app[POOL].acquire(timeout=DB_ACQUIRE_TIMEOUT) as conn:
-            counts = await repository.count_jobs_by_status(conn)
+        await request.app[HEALTH].refresh_job_counts()
     except DatabaseUnavailable as exc:
         # The process metrics are still worth scraping; the job gauge keeps its last value.
         log.warning("metrics: jobs by status unavailable: %s", exc)
-    else:
-        for status, n in counts.items():
-            JOBS.labels(status).set(n)
     resp = web.Response(body=generate_latest())
     resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
     return resp
@@ -297,6 +335,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_routes(
         [
             web.post("/v1/jobs", post_job, name="post_job"),
+            web.get("/v1/jobs", list_jobs, name="list_jobs"),
             web.get("/v1/jobs/{job_id}", get_job, name="get_job"),
             web.get("/v1/operations", get_operations, name="operations"),
             web.get("/v1/presets", get_presets, name="presets"),

@@ -7,6 +7,7 @@ typed message, and turn what it raised into the one answer for that kind of fail
 | the handler returned                              | done                                 |
 | TransientError (S3, HTTP, a crashed renderer)     | parked in a retry tier, then the DLQ |
 | PermanentError (the input's fault)                | the route's `refuse` (the job fails) |
+| ... that is not the job's to fail (`fails_job`)   | dead-lettered                        |
 | anything else (a bug)                             | dead-lettered with its traceback     |
 
 `deliver` returns once the record is dealt with durably (its effects written, or parked, or
@@ -97,7 +98,7 @@ async def deliver(route: Route, record: Record, to: Redelivery) -> None:
             raise  # not dealt with: the next owner of the partition gets it again
         await to.park(record, exc)
     except errors.PermanentError as exc:
-        if route.refuse is None:
+        if route.refuse is None or not exc.fails_job:
             await to.dead_letter(record, exc)
         else:
             await route.refuse(message, exc)

@@ -203,7 +203,9 @@ class Deliveries(Service):
         lease = self.res.settings.webhook_timeout_seconds + LEASE_MARGIN_SECONDS
         try:
             async with translated(), self.res.pool.acquire() as conn:
-                return await deliveries.claim_due(conn, limit, lease)
+                return await deliveries.claim_due(
+                    conn, limit, lease, self.res.settings.webhook_rotation_seconds
+                )
         except DatabaseUnavailable as exc:
             log.warning("claiming webhook deliveries failed (%s); retrying", exc)
             return []
@@ -220,7 +222,7 @@ class Deliveries(Service):
             delivery.url,
             refreshed_body(delivery.body, self.res.storage.presigned_url),
             event_id=delivery.event_id,
-            secret=s.webhook_secret.get_secret_value(),
+            secrets=delivery.secrets or (s.webhook_secret.get_secret_value(),),
             timeout=s.webhook_timeout_seconds,
             allow_private=s.webhook_allow_private,
         )

@@ -1,13 +1,20 @@
-"""The planner, on `<prefix>.jobs`: validate a job request, make its source an object in the
-bucket, announce the job on the events topic, and send its DAG to the op topic of its first
-step as one task (docs/design.md says why one task carries the whole DAG)."""
+"""The planner, on `<prefix>.jobs`: claim the job id for the request, validate it, make its
+source an object in the bucket, announce the job on the events topic, and send its DAG to
+the op topic of its first step as one task (docs/design.md says why one task carries the
+whole DAG).
+
+The claim comes first: a request under the id of another job must not fail, announce or
+overwrite that job, so it is dead-lettered (`job_id_conflict`) before anything can answer
+for the id."""
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 
-from pixstream import errors, netguard
+from pixstream import errors, netguard, ownership
+from pixstream.db import repository
 from pixstream.events import (
     JOB_FAILED,
     JOB_REQUESTED,
@@ -21,6 +28,7 @@ from pixstream.events import (
     make_event,
 )
 from pixstream.plan import Plan
+from pixstream.redelivery import REDRIVE
 from pixstream.spec import ID_PATTERN, JobSpec, parse_spec
 from pixstream.worker.handling import Message, Route
 from pixstream.worker.resources import Resources
@@ -41,6 +49,8 @@ def route(res: Resources) -> Route:
     async def refuse_invalid(event: CloudEvent, exc: errors.InvalidEvent) -> bool:
         job_id = _job_id_of(event)
         if job_id is None:  # nobody can be told: keep the message for a human
+            return False
+        if await _exists(res, job_id):  # not this request's job to fail
             return False
         await _fail(res, job_id, _webhook_of(event), exc)
         return True
@@ -64,10 +74,16 @@ async def plan_job(res: Resources, message: Message[JobRequested]) -> None:
     """Validate one job request, make its source an object in the bucket, announce the job
     and send its DAG as one task to the op topic of its first step."""
     request, event = message.data, message.event
+    tenant = ownership.tenant_of(event)
+    if message.record.header(REDRIVE) is None:
+        await _claim_job_id(res, message, tenant)
     spec = _validated_spec(res, request)
     key = await _source_object(res, request)
     accepted = request.model_copy(update={"steps": spec.steps, "source": SourceKey(key=key)})
-    await res.emit(make_event(JOB_REQUESTED, accepted, source=event.source), key=request.job_id)
+    announced = ownership.with_tenant(
+        make_event(JOB_REQUESTED, accepted, source=event.source), tenant
+    )
+    await res.emit(announced, key=request.job_id)
     plan = Plan.from_spec(spec)
     first_op = plan.steps[plan.order[0]].spec.op
     task = TaskRequested(job_id=request.job_id, source_key=key, steps=spec.steps)
@@ -79,6 +95,42 @@ async def plan_job(res: Resources, message: Message[JobRequested]) -> None:
     log.info(
         "job planned", extra={"job_id": request.job_id, "op": first_op, "steps": len(spec.steps)}
     )
+
+
+async def _claim_job_id(res: Resources, message: Message[JobRequested], tenant: str) -> None:
+    """The job id is this request's from now on, or JobIdConflict."""
+    request = message.data
+    spec: dict[str, object] = {"steps": [s.model_dump(mode="json") for s in request.steps]}
+    if request.webhook_url is not None:
+        spec["webhook_url"] = request.webhook_url
+    digest = ownership.request_digest(message.event)
+
+    async def claim(conn: object) -> bool:
+        return await repository.claim_job_id(
+            conn,
+            job_id=request.job_id,
+            spec_json=json.dumps(spec),
+            steps_total=len(request.steps),
+            source_key=request.source.key if isinstance(request.source, SourceKey) else None,
+            webhook_url=request.webhook_url,
+            tenant=tenant,
+            request_hash=digest,
+            time=message.event.time,
+        )
+
+    ours = await res.write_db(claim, what="claiming the job id", job_id=request.job_id)
+    if not ours:
+        raise errors.JobIdConflict(
+            f"job_id_conflict: job {request.job_id} exists for another request; this one "
+            f"(event {message.event.id}) was not run and the job was left as it is"
+        )
+
+
+async def _exists(res: Resources, job_id: str) -> bool:
+    async def read(conn: object) -> bool:
+        return await repository.get_job(conn, job_id) is not None
+
+    return await res.write_db(read, what="looking up the job id", job_id=job_id)
 
 
 def _validated_spec(res: Resources, request: JobRequested) -> JobSpec:
@@ -95,6 +147,12 @@ def _validated_spec(res: Resources, request: JobRequested) -> JobSpec:
 async def _source_object(res: Resources, request: JobRequested) -> str:
     """The key of the job's source in the bucket, fetching a `source.url` first."""
     if isinstance(request.source, SourceKey):
+        prefixes = res.settings.source_key_prefixes
+        if not request.source.key.startswith(tuple(prefixes)):
+            raise errors.SourceForbidden(
+                f"source.key {request.source.key!r} is outside the keys jobs may read "
+                f"(they start with {', '.join(repr(p) for p in prefixes)})"
+            )
         if not await res.storage.exists(request.source.key):
             raise errors.SourceUnavailable(f"source object {request.source.key} does not exist")
         return request.source.key
@@ -107,6 +165,11 @@ async def _source_object(res: Resources, request: JobRequested) -> str:
     )
     key = source_key(request.job_id, fmt)
     await res.storage.put(key, data, f"image/{fmt}")
+
+    async def record_key(conn: object) -> None:  # what a re-drive reads the source from
+        await repository.set_source_key(conn, request.job_id, key)
+
+    await res.write_db(record_key, what="recording the source key", job_id=request.job_id)
     return key
 
 

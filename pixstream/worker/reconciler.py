@@ -39,8 +39,9 @@ from pixstream.events import (
     make_event,
 )
 from pixstream.ops import OPERATIONS
+from pixstream.ownership import with_tenant
 from pixstream.plan import Plan
-from pixstream.redelivery import TIERS
+from pixstream.redelivery import REDRIVE, TIERS
 from pixstream.settings import Settings
 from pixstream.spec import JobSpec, StepSpec
 from pixstream.topics import load_topics
@@ -53,7 +54,7 @@ PERIOD_MAX_SECONDS: Final = 15.0
 
 SELECT_QUIET: Final = """
 SELECT job_id, spec::text AS spec, source_key, webhook_url, redrives, steps::text AS steps,
-       updated_at
+       updated_at, tenant
 FROM jobs
 WHERE status IN ('queued', 'processing') AND steps_total > 0
   AND updated_at < now() - make_interval(secs => $1)
@@ -182,7 +183,8 @@ class Reconciler(Service):
             log.error("job stalled; failing it", extra=extra)
             # The tracker may never have heard of the job (its request is what was lost): it
             # learns the job first, then its outputs' failures, in order on one partition.
-            await res.emit(make_event(JOB_REQUESTED, request), key=job_id)
+            announced = with_tenant(make_event(JOB_REQUESTED, request), job["tenant"])
+            await res.emit(announced, key=job_id)
             for step in unresolved_outputs(spec, json.loads(job["steps"])):
                 failed = StepFailed(
                     job_id=job_id,
@@ -196,9 +198,9 @@ class Reconciler(Service):
         log.warning("job stalled; sending it through the pipeline again", extra=extra)
         await res.send(
             res.settings.topic("jobs"),
-            make_event(JOB_REQUESTED, request).to_bytes(),
+            with_tenant(make_event(JOB_REQUESTED, request), job["tenant"]).to_bytes(),
             key=job_id,
-            headers=[("pixstream-redrive", str(redrives).encode())],
+            headers=[(REDRIVE, str(redrives).encode())],
         )
 
 

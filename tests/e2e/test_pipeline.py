@@ -190,3 +190,73 @@ async def test_step_events_match_their_schema_models(pipeline: Pipeline) -> None
     for event in pipeline.watcher.events[job]:
         parse_data(event)  # raises when an event does not match its published model
         assert event.specversion == "1.0"
+
+
+async def test_a_source_key_outside_the_allowed_prefixes_fails_without_being_read(
+    pipeline: Pipeline,
+) -> None:
+    from tests.harness import job_requested, new_job_id
+
+    job = new_job_id()
+    # Another job's output is a real object: the prefix, not its absence, refuses it.
+    elsewhere = f"processed/{job}/stolen.jpg"
+    async with open_storage(pipeline.settings) as storage:
+        await storage.put(elsewhere, jpeg_bytes(), "image/jpeg")
+    await produce(pipeline.settings, "jobs", job_requested(job, elsewhere).to_bytes(), job)
+    await pipeline.watcher.wait_terminal([job])
+    (failed,) = pipeline.watcher.of_type(job, *TERMINAL)
+    assert failed.type == JOB_FAILED
+    assert failed.data["errors"][0]["code"] == "source_forbidden"
+    assert "raw/" in failed.data["errors"][0]["message"]
+
+
+async def test_a_job_id_taken_by_another_request_is_dead_lettered_and_the_job_untouched(
+    pipeline: Pipeline,
+) -> None:
+    from pixstream.ownership import with_tenant
+    from tests.harness import job_requested
+
+    job = await submit(pipeline.settings, tenant="acme")
+    await pipeline.watcher.wait_terminal([job])
+    outputs = await _keys(pipeline, f"processed/{job}/")
+    before = [(e.id, e.type) for e in pipeline.watcher.events[job]]
+    conn = await asyncpg.connect(pipeline.settings.database_url.get_secret_value())
+    try:
+        row = dict(await conn.fetchrow("SELECT * FROM jobs WHERE job_id = $1", job))
+    finally:
+        await conn.close()
+    assert row["tenant"] == "acme"
+
+    # Another system reuses the id for a request of its own, from another tenant.
+    key = await put_source(pipeline.settings, f"{job}-other", jpeg_bytes((20, 20)))
+    other = with_tenant(
+        job_requested(job, key, [CONTRACT_STEPS[0].model_copy(update={"id": "x"})]), "globex"
+    )
+    await produce(pipeline.settings, "jobs", other.to_bytes(), job)
+    async with open_consumer(
+        pipeline.settings, pipeline.settings.topic("dlq"), group_id=None
+    ) as consumer:
+
+        async def conflict() -> list[dict[str, bytes]]:
+            batch = await consumer.getmany(timeout_ms=1000)
+            return [dict(r.headers) for rs in batch.values() for r in rs if r.key == job.encode()]
+
+        found: list[dict[str, bytes]] = []
+
+        async def dead_lettered() -> bool:
+            found.extend(await conflict())
+            return bool(found)
+
+        assert await wait_until(dead_lettered, within=60)
+    (headers,) = found
+    assert headers[hdr.DLQ_ERROR_CODE] == b"job_id_conflict"
+    assert headers[hdr.DLQ_ERROR_CLASS] == b"pixstream.errors.JobIdConflict"
+
+    conn = await asyncpg.connect(pipeline.settings.database_url.get_secret_value())
+    try:
+        after = dict(await conn.fetchrow("SELECT * FROM jobs WHERE job_id = $1", job))
+    finally:
+        await conn.close()
+    assert after == row
+    assert await _keys(pipeline, f"processed/{job}/") == outputs
+    assert [(e.id, e.type) for e in pipeline.watcher.events[job]] == before

@@ -246,6 +246,8 @@ async def test_create_job_then_its_job_requested_changes_nothing(conn: Any) -> N
         steps_total=1,
         source_key=f"raw/{ev.job_id}/source.jpg",
         webhook_url=None,
+        tenant="anonymous",
+        request_hash="h",
     )
     before = await row(conn, ev.job_id)
     await apply_event(conn, ev.requested())
@@ -254,16 +256,28 @@ async def test_create_job_then_its_job_requested_changes_nothing(conn: Any) -> N
 
 async def test_idempotency_key_claims(conn: Any) -> None:
     async with conn.transaction():
-        assert await repository.claim_idempotency_key(conn, "k1", "h1", "job-a") == ("job-a", True)
-    assert await repository.claim_idempotency_key(conn, "k1", "h1", "job-b") == ("job-a", False)
+        assert await repository.claim_idempotency_key(conn, "anonymous", "k1", "h1", "job-a") == (
+            "job-a",
+            True,
+        )
+    assert await repository.claim_idempotency_key(conn, "anonymous", "k1", "h1", "job-b") == (
+        "job-a",
+        False,
+    )
     with pytest.raises(IdempotencyKeyReused, match="different request"):
-        await repository.claim_idempotency_key(conn, "k1", "h2", "job-c")
+        await repository.claim_idempotency_key(conn, "anonymous", "k1", "h2", "job-c")
     # After 24 h the key is free again and names the new job.
     await conn.execute(
         "UPDATE idempotency_keys SET created_at = now() - interval '25 hours' WHERE key = 'k1'"
     )
-    assert await repository.claim_idempotency_key(conn, "k1", "h2", "job-d") == ("job-d", True)
-    assert await repository.claim_idempotency_key(conn, "k1", "h2", "job-e") == ("job-d", False)
+    assert await repository.claim_idempotency_key(conn, "anonymous", "k1", "h2", "job-d") == (
+        "job-d",
+        True,
+    )
+    assert await repository.claim_idempotency_key(conn, "anonymous", "k1", "h2", "job-e") == (
+        "job-d",
+        False,
+    )
 
 
 async def test_a_concurrent_claim_waits_for_the_first_transaction(database_url: str) -> None:
@@ -272,11 +286,16 @@ async def test_a_concurrent_claim_waits_for_the_first_transaction(database_url: 
     try:
         tx = first.transaction()
         await tx.start()
-        assert await repository.claim_idempotency_key(first, "k", "h", "job-1") == ("job-1", True)
+        assert await repository.claim_idempotency_key(first, "anonymous", "k", "h", "job-1") == (
+            "job-1",
+            True,
+        )
 
         async def claim_second() -> tuple[str, bool]:
             async with second.transaction():
-                return await repository.claim_idempotency_key(second, "k", "h", "job-2")
+                return await repository.claim_idempotency_key(
+                    second, "anonymous", "k", "h", "job-2"
+                )
 
         waiting = asyncio.create_task(claim_second())
         await asyncio.sleep(0.3)
@@ -319,3 +338,62 @@ async def test_count_jobs_by_status(conn: Any) -> None:
     await apply_event(conn, b.completed())
     counts = await repository.count_jobs_by_status(conn)
     assert counts == {"queued": 1, "processing": 0, "completed": 1, "failed": 0}
+
+
+async def test_idempotency_keys_are_per_tenant_and_a_reuse_names_no_job(conn: Any) -> None:
+    assert await repository.claim_idempotency_key(conn, "acme", "order-1", "h1", "job-a") == (
+        "job-a",
+        True,
+    )
+    # Another tenant's same key is its own: a new job, not acme's.
+    assert await repository.claim_idempotency_key(conn, "globex", "order-1", "h2", "job-b") == (
+        "job-b",
+        True,
+    )
+    assert await repository.idempotent_job(conn, "acme", "order-1", "h1") == "job-a"
+    assert await repository.idempotent_job(conn, "initech", "order-1", "h1") is None
+    with pytest.raises(IdempotencyKeyReused) as reused:
+        await repository.idempotent_job(conn, "globex", "order-1", "h1")
+    assert "job-" not in reused.value.message
+
+
+async def _claim(conn: Any, job_id: str, digest: str, tenant: str = "acme") -> bool:
+    return await repository.claim_job_id(
+        conn,
+        job_id=job_id,
+        spec_json='{"steps": [{"id": "t", "op": "thumbnail", "params": {"size": 8}}]}',
+        steps_total=1,
+        source_key=f"raw/{job_id}.jpg",
+        webhook_url=None,
+        tenant=tenant,
+        request_hash=digest,
+        time=datetime.now(UTC),
+    )
+
+
+async def test_a_job_id_is_claimed_once_and_the_same_request_may_claim_it_again(
+    conn: Any,
+) -> None:
+    assert await _claim(conn, "job-x", "d1")
+    assert await _claim(conn, "job-x", "d1")  # a redelivery of the same request
+    assert not await _claim(conn, "job-x", "d2", tenant="globex")  # another request
+    job = await repository.get_job(conn, "job-x")
+    assert job is not None
+    assert job.tenant == "acme"
+
+
+async def test_jobs_are_listed_per_tenant_newest_first_in_pages(conn: Any) -> None:
+    for i in range(5):
+        await _claim(conn, f"job-{i}", f"d{i}", tenant="acme" if i != 2 else "globex")
+        await conn.execute(
+            "UPDATE jobs SET created_at = now() - make_interval(secs => $2) WHERE job_id = $1",
+            f"job-{i}",
+            100.0 - i,
+        )
+    first = await repository.list_jobs(conn, "acme", limit=2)
+    assert [j.job_id for j in first] == ["job-4", "job-3"]
+    rest = await repository.list_jobs(
+        conn, "acme", limit=10, after=(first[-1].created_at, first[-1].job_id)
+    )
+    assert [j.job_id for j in rest] == ["job-1", "job-0"]
+    assert await repository.list_jobs(conn, "acme", limit=10, status="completed") == []

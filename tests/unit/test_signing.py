@@ -33,7 +33,7 @@ def test_a_secret_that_is_not_base64_is_an_error() -> None:
 
 
 def test_headers_carry_id_timestamp_and_signature() -> None:
-    assert signing.headers(SECRET, MSG_ID, TIMESTAMP, BODY) == {
+    assert signing.headers([SECRET], MSG_ID, TIMESTAMP, BODY) == {
         "webhook-id": MSG_ID,
         "webhook-timestamp": str(TIMESTAMP),
         "webhook-signature": EXPECTED,
@@ -41,17 +41,17 @@ def test_headers_carry_id_timestamp_and_signature() -> None:
 
 
 def test_verify_accepts_the_vector() -> None:
-    headers = signing.headers(SECRET, MSG_ID, TIMESTAMP, BODY)
+    headers = signing.headers([SECRET], MSG_ID, TIMESTAMP, BODY)
     signing.verify(SECRET, headers, BODY, now=TIMESTAMP)
 
 
 def test_verify_matches_header_names_case_insensitively() -> None:
-    headers = {k.title(): v for k, v in signing.headers(SECRET, MSG_ID, TIMESTAMP, BODY).items()}
+    headers = {k.title(): v for k, v in signing.headers([SECRET], MSG_ID, TIMESTAMP, BODY).items()}
     signing.verify(SECRET, headers, BODY, now=TIMESTAMP)
 
 
 def test_verify_accepts_any_matching_entry_and_skips_other_versions() -> None:
-    headers = signing.headers(SECRET, MSG_ID, TIMESTAMP, BODY)
+    headers = signing.headers([SECRET], MSG_ID, TIMESTAMP, BODY)
     stale = signing.sign(OTHER_SECRET, MSG_ID, TIMESTAMP, BODY)
     headers["webhook-signature"] = f"v1a,abcdef {stale} {EXPECTED}"
     signing.verify(SECRET, headers, BODY, now=TIMESTAMP)
@@ -59,7 +59,7 @@ def test_verify_accepts_any_matching_entry_and_skips_other_versions() -> None:
 
 @pytest.mark.parametrize("missing", ["webhook-id", "webhook-timestamp", "webhook-signature"])
 def test_verify_refuses_missing_headers(missing: str) -> None:
-    headers = signing.headers(SECRET, MSG_ID, TIMESTAMP, BODY)
+    headers = signing.headers([SECRET], MSG_ID, TIMESTAMP, BODY)
     del headers[missing]
     with pytest.raises(InvalidSignature, match=f"missing {missing}"):
         signing.verify(SECRET, headers, BODY, now=TIMESTAMP)
@@ -70,20 +70,20 @@ def test_verify_refuses_missing_headers(missing: str) -> None:
     [(TIMESTAMP + 301, "too old"), (TIMESTAMP - 301, "too new")],
 )
 def test_verify_refuses_timestamps_outside_the_tolerance(now: int, message: str) -> None:
-    headers = signing.headers(SECRET, MSG_ID, TIMESTAMP, BODY)
+    headers = signing.headers([SECRET], MSG_ID, TIMESTAMP, BODY)
     with pytest.raises(InvalidSignature, match=message):
         signing.verify(SECRET, headers, BODY, now=now)
 
 
 def test_verify_accepts_timestamps_at_the_edge_of_the_tolerance() -> None:
-    headers = signing.headers(SECRET, MSG_ID, TIMESTAMP, BODY)
+    headers = signing.headers([SECRET], MSG_ID, TIMESTAMP, BODY)
     signing.verify(SECRET, headers, BODY, now=TIMESTAMP + 300)
     signing.verify(SECRET, headers, BODY, now=TIMESTAMP - 300)
     signing.verify(SECRET, headers, BODY, now=TIMESTAMP + 1000, tolerance_seconds=1000)
 
 
 def test_verify_refuses_a_non_integer_timestamp() -> None:
-    headers = signing.headers(SECRET, MSG_ID, TIMESTAMP, BODY)
+    headers = signing.headers([SECRET], MSG_ID, TIMESTAMP, BODY)
     headers["webhook-timestamp"] = "yesterday"
     with pytest.raises(InvalidSignature, match="integer"):
         signing.verify(SECRET, headers, BODY, now=TIMESTAMP)
@@ -100,21 +100,21 @@ def test_verify_refuses_a_non_integer_timestamp() -> None:
 def test_verify_refuses_a_signature_that_does_not_match(
     secret: str, msg_id: str, body: bytes
 ) -> None:
-    headers = signing.headers(SECRET, MSG_ID, TIMESTAMP, BODY)
+    headers = signing.headers([SECRET], MSG_ID, TIMESTAMP, BODY)
     headers["webhook-id"] = msg_id
     with pytest.raises(InvalidSignature, match="no matching signature"):
         signing.verify(secret, headers, body, now=TIMESTAMP)
 
 
 def test_verify_refuses_a_signature_of_another_version() -> None:
-    headers = signing.headers(SECRET, MSG_ID, TIMESTAMP, BODY)
+    headers = signing.headers([SECRET], MSG_ID, TIMESTAMP, BODY)
     headers["webhook-signature"] = EXPECTED.replace("v1,", "v2,")
     with pytest.raises(InvalidSignature):
         signing.verify(SECRET, headers, BODY, now=TIMESTAMP)
 
 
 def test_verify_uses_the_clock_by_default() -> None:
-    headers = signing.headers(SECRET, MSG_ID, TIMESTAMP, BODY)  # from 2021
+    headers = signing.headers([SECRET], MSG_ID, TIMESTAMP, BODY)  # from 2021
     with pytest.raises(InvalidSignature, match="too old"):
         signing.verify(SECRET, headers, BODY)
 

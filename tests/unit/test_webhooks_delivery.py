@@ -120,7 +120,7 @@ async def send(
         url,
         BODY,
         event_id=event_id,
-        secret=SECRET,
+        secrets=[SECRET],
         timeout=request_timeout,
         allow_private=allow_private,
     )
@@ -229,7 +229,7 @@ async def test_delivered_result_carries_status_and_duration(
         receiver.url,
         BODY,
         event_id="evt_2",
-        secret=SECRET,
+        secrets=[SECRET],
         timeout=5,
         allow_private=True,
     )
@@ -252,7 +252,7 @@ async def test_receiver_answers(
         receiver.url,
         BODY,
         event_id="evt_3",
-        secret=SECRET,
+        secrets=[SECRET],
         timeout=5,
         allow_private=True,
     )
@@ -355,7 +355,7 @@ async def test_the_guard_refuses_loopback_in_every_spelling(
             url,
             BODY,
             event_id="evt_4",
-            secret=SECRET,
+            secrets=[SECRET],
             timeout=5,
             allow_private=False,
         )
