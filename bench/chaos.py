@@ -59,10 +59,15 @@ def record(args: argparse.Namespace, reports: list[Report], command: str) -> Non
         for i, r in enumerate(reports, 1)
     )
     passed = sum(r.ok for r in reports)
+    attempts = (
+        "the project's default settings"
+        if args.retry_attempts is None
+        else f"retry_attempts={args.retry_attempts} (the rest the project's defaults)"
+    )
     text = (
         f"\n## {datetime.now(UTC):%Y-%m-%d %H:%M} UTC: {passed} of {len(reports)} runs passed\n\n"
         f"`{command}` on {machine()}; {args.minutes} min of worker kills per run, two `pixstream"
-        f" worker` processes, retry_attempts={args.retry_attempts} (see above).\n\n"
+        f" worker` processes, {attempts}.\n\n"
         f"{table(reports)}\n\nFaults (seconds after the faults began):\n{faults}\n"
         + ("\nFailed oracles:\n" + "\n".join(failed) + "\n" if failed else "")
     )
@@ -88,10 +93,9 @@ PostgreSQL, outputs in S3 decodable by Pillow, one `webhook-id` per job with sig
 for the `standardwebhooks` package, every partition of every consumed topic committed to its
 end, zero re-drives by the reconciler, every job terminal within 120 s of the last fault.
 
-Settings are the project's defaults except `retry_attempts`, lowered to 1: a hung S3 costs an
-attempt 2 to 2.5 minutes (botocore's 3 x 30 s read timeouts), and the planner takes one job
-at a time, so with the default 5 a job behind others would reach the DLQ only after tens of
-minutes.
+Settings are the project's defaults unless a run says otherwise (`--retry-attempts`). Runs
+before 2026-12-02 12:00 UTC lowered `retry_attempts` to 1: a hung S3 then cost an attempt 2 to
+2.5 minutes (botocore's 3 x 30 s read timeouts) and the planner took one job at a time.
 """
 
 
@@ -110,7 +114,9 @@ async def main() -> int:
     parser.add_argument("--minutes", type=float, default=5.0, help="worker kills per run")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--seed", type=int, default=None, help="of the first run (random)")
-    parser.add_argument("--retry-attempts", type=int, default=1)
+    parser.add_argument(
+        "--retry-attempts", type=int, default=None, help="the project's default when omitted"
+    )
     parser.add_argument("--interval", type=float, default=2.0, help="seconds between jobs")
     parser.add_argument("--no-record", action="store_true", help="do not write docs/reliability.md")
     args = parser.parse_args()

@@ -34,9 +34,12 @@ def _client_config() -> AioConfig:
     return AioConfig(
         signature_version="s3v4",  # botocore would otherwise sign SigV2 in us-east-1
         s3={"addressing_style": "path"},
-        retries={"max_attempts": 3, "mode": "standard"},
-        connect_timeout=5,
-        read_timeout=30,
+        # A hung endpoint costs one call at most 2 x (3 + 10) s before it is a TransientError
+        # and the record is parked: botocore's defaults (3 x 60 s) would hold an agent, and
+        # every record behind it on the partition, for minutes per attempt.
+        retries={"max_attempts": 2, "mode": "standard"},
+        connect_timeout=3,
+        read_timeout=10,
         max_pool_connections=32,
     )
 

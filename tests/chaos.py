@@ -68,9 +68,10 @@ from tests.harness import (
 
 SOURCE_SIZE: Final = (800, 600)
 SHORT_HANG_SECONDS: Final = 20.0
-# A call to a hung S3 fails after botocore's 3 tries of a 30 s read timeout (storage.py), and
-# more once a worker restart or a rebalance comes between (measured: 2 to 2.5 minutes).
-S3_ATTEMPT_SECONDS: Final = 150.0
+# A call to a hung S3 fails after botocore's 2 tries of a 10 s read timeout (storage.py); a
+# task makes up to two calls in a row (get, then the puts), and a worker restart or a
+# rebalance may come between.
+S3_ATTEMPT_SECONDS: Final = 60.0
 SETTLE_SECONDS: Final = 120.0  # the promise: every job terminal this long after the last fault
 STARTUP_SECONDS: Final = 180.0
 SCRIPTED: Final = (
@@ -550,11 +551,9 @@ class ChaosRun:
         return await self._hang_s3(SHORT_HANG_SECONDS)
 
     async def _s3_long(self, fault: Fault) -> str:
-        """S3 hung past the retry budget. A hung S3 costs each attempt botocore's 3 x 30 s read
-        timeouts and the planner takes one job at a time, so the budget of a job behind
-        others is spent only after many minutes: S3 stays hung until attempts fail (a job is
-        parked), then goes down (killed: refused at once) until jobs are dead-lettered, and
-        comes back (its data kept) for `dlq replay`."""
+        """S3 hung past the retry budget: hung until attempts fail (a job is parked), then
+        down (killed: refused at once, so the rest of the budget is the retry tiers' waits)
+        until jobs are dead-lettered, and back (its data kept) for `dlq replay`."""
         async with self.dlq_lock:
             pid = self.minio.pid() if self.minio else None
             if pid is None or self.minio is None:
@@ -574,7 +573,11 @@ class ChaosRun:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGCONT)
             await _until(lambda: not pid_alive(pid), 30)
-            spent = await _until_async(self._a_job_dead_lettered, 180.0, interval=5.0)
+            spent = await _until_async(
+                self._a_job_dead_lettered,
+                long_hang_seconds(self.settings.retry_attempts),
+                interval=5.0,
+            )
             await asyncio.sleep(5.0 if spent else 0.0)
             await asyncio.to_thread(self.minio.up)
             return (

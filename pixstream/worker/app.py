@@ -127,7 +127,9 @@ def build_app(settings: Settings, ops: Sequence[str] | None = None) -> faust.App
     def routed(source: Any, route: Route, concurrency: int = 1) -> None:
         agent(source, route.name, lambda r: deliver(route, r, res), concurrency)
 
-    routed(topic("jobs"), planner.route(res))
+    # Concurrent like the op agents: a request stuck on a hung S3 must not hold every
+    # request behind it on the partition (the ledger keeps the commit behind the slow one).
+    routed(topic("jobs"), planner.route(res), settings.worker_concurrency)
     for op in sorted(ops if ops is not None else OPERATIONS):
         routed(topic(f"op.{op}"), steps.route(res, op), settings.worker_concurrency)
 

@@ -14,15 +14,20 @@ import aiohttp
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient
 
-from pixstream.events import JOB_COMPLETED, JOB_FAILED
+from pixstream.events import JOB_COMPLETED, JOB_FAILED, STEP_COMPLETED, StepCompleted, make_event
 from pixstream.ingress import create_app
 from pixstream.settings import Settings
 from pixstream.stack.minio import MinioService
 from pixstream.storage import ensure_bucket
+from pixstream.topics import load_topics
+from pixstream.worker.reconciler import read_backlog
 from tests.e2e.conftest import Pipeline, running_pipeline
 from tests.harness import (
     CONTRACT_SPEC,
+    CONTRACT_STEPS,
     TERMINAL,
     job_requested,
     jpeg_bytes,
@@ -134,6 +139,57 @@ async def test_a_job_whose_request_was_lost_is_redriven_or_failed_as_stalled(
     (failed,) = pipeline.watcher.of_type(hopeless, *TERMINAL)
     assert failed.type == JOB_FAILED
     assert failed.data["errors"][0]["code"] == "stalled"
+
+
+async def test_a_job_failed_as_stalled_ends_once_when_its_work_finishes_after_all(
+    services: Settings, template_database: str, tmp_path: Path
+) -> None:
+    """Issue 9's two-terminal-events case: the reconciler ends a job `stalled`, then the real
+    work (a lost worker's task, finishing late) reports its steps. The tracker already knows
+    the job ended, so nothing more is emitted and the record stays failed."""
+    async with running_pipeline(
+        services, template_database, tmp_path, stall_seconds=2.0, max_redrives=0
+    ) as pipeline:
+        settings = pipeline.settings
+        job = new_job_id()
+        conn = await asyncpg.connect(settings.database_url.get_secret_value())
+        try:
+            await conn.execute(
+                "INSERT INTO jobs (job_id, status, steps_total, spec, source_key,"
+                " created_at, updated_at) VALUES ($1, 'queued', 3, $2, NULL, now(), now())",
+                job,
+                json.dumps(CONTRACT_SPEC),
+            )
+            await pipeline.watcher.wait_terminal([job], within=60)
+            (failed,) = pipeline.watcher.of_type(job, *TERMINAL)
+            assert failed.data["errors"][0]["code"] == "stalled"
+
+            for step in CONTRACT_STEPS:
+                late = StepCompleted(job_id=job, step=step.id, op=step.op, output=None)
+                await produce(settings, "events", make_event(STEP_COMPLETED, late).to_bytes(), job)
+            assert await wait_until(lambda: _events_handled(settings), within=30)
+            status = await conn.fetchval("SELECT status FROM jobs WHERE job_id = $1", job)
+        finally:
+            await conn.close()
+    assert [e.id for e in pipeline.watcher.of_type(job, *TERMINAL)] == [failed.id]
+    assert status == "failed"
+
+
+async def _events_handled(settings: Settings) -> bool:
+    """The worker group has handled the events topic to its end (the ledger commits only
+    past handled records), so every late step result went through the tracker."""
+    events = settings.topic("events")
+    counts = {t.name: t.partitions for t in load_topics(settings) if t.name == events}
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    await consumer.start()
+    try:
+        backlog = await read_backlog(admin, consumer, settings.app_id, counts, [])
+    finally:
+        await consumer.stop()
+        await admin.close()
+    return not backlog.unfinished
 
 
 @pytest.fixture(scope="module")
