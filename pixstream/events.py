@@ -77,6 +77,12 @@ class OutputInfo(Data):
     height: int = Field(ge=1)
     bytes: int = Field(ge=0)
     url: str | None = None
+    reused_from: JobId | None = Field(
+        default=None,
+        exclude_if=lambda v: v is None,  # absent unless reused: outputs as before v2
+        description="The job whose identical output (same source bytes, steps and engine) "
+        "was copied instead of rendered again.",
+    )
 
 
 class MetadataOutput(Data):
@@ -84,6 +90,11 @@ class MetadataOutput(Data):
 
     kind: Literal["metadata"] = "metadata"
     data: Analysis
+    reused_from: JobId | None = Field(
+        default=None,
+        exclude_if=lambda v: v is None,
+        description="The job whose identical report was reused instead of made.",
+    )
 
 
 def _output_kind(value: Any) -> str:
@@ -124,6 +135,12 @@ class TaskRequested(Data):
     source_key: str = Field(min_length=1)
     steps: list[StepSpec] = Field(min_length=1)
     attempt: int = Field(default=0, ge=0)
+    tenant: str | None = Field(
+        default=None,
+        exclude_if=lambda v: v is None,
+        description="The job's tenant: outputs are reused only within it. A task without "
+        "one (sent before v2) renders everything.",
+    )
 
 
 class StepCompleted(Data):

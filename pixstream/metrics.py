@@ -45,6 +45,18 @@ TASKS: Final = Counter(
     "Tasks handled by the op agents, by op and outcome (completed, failed, retried, dead).",
     ["op", "outcome"],
 )
+RENDERS: Final = Counter(
+    "pixstream_renders_total",
+    "Tasks whose source was decoded and rendered (a task whose outputs were all reused is "
+    "not one), by op.",
+    ["op"],
+)
+RENDITIONS: Final = Counter(
+    "pixstream_renditions_total",
+    "Outputs by how they were made: rendered, reused (copied from an earlier job's identical "
+    "output), or waited (rendered by an identical task in flight, then copied).",
+    ["outcome"],
+)
 RETRIES: Final = Counter(
     "pixstream_retries_total",
     "Messages sent to a retry topic, by retry topic.",

@@ -139,6 +139,10 @@ class Settings(BaseSettings):
     # Tasks one op agent of one process renders at once: while one waits on S3 or Kafka,
     # another uses the core. Safe because offsets commit only past finished tasks.
     worker_concurrency: int = Field(default=2, gt=0)
+    # Render once: an output whose source bytes, steps and engine match one still retained
+    # for the same tenant is copied, not rendered. `keyed`: not for the anonymous tenant
+    # (whose jobs anyone holding the id may read, and `reused_from` names the earlier job).
+    reuse: Literal["on", "keyed", "off"] = "on"
     # The reconciler's safety net: a job with no progress for this long, while nothing for it
     # waits in any topic, retry tier or the DLQ, is sent through the pipeline again; after
     # max_redrives it fails with `stalled` (through the tracker, so it ends once).

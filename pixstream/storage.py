@@ -89,6 +89,20 @@ class Storage:
         except BotoCoreError as exc:
             raise TransientError(f"S3 get {key} failed: {exc}") from exc
 
+    async def copy(self, source_key: str, key: str) -> None:
+        """A server-side copy (CopyObject): the bytes never leave the endpoint.
+        SourceUnavailable when `source_key` is gone (expired or deleted)."""
+        try:
+            await self._client.copy_object(
+                Bucket=self.bucket, Key=key, CopySource={"Bucket": self.bucket, "Key": source_key}
+            )
+        except ClientError as exc:
+            if _error_code(exc) in _MISSING:
+                raise SourceUnavailable(f"object {source_key} does not exist") from exc
+            raise TransientError(f"S3 copy {source_key} to {key} failed: {exc}") from exc
+        except BotoCoreError as exc:
+            raise TransientError(f"S3 copy {source_key} to {key} failed: {exc}") from exc
+
     async def exists(self, key: str) -> bool:
         try:
             await self._client.head_object(Bucket=self.bucket, Key=key)

@@ -50,6 +50,11 @@ class OutputView(Model):
     width: int = Field(ge=1)
     height: int = Field(ge=1)
     bytes: int = Field(ge=0)
+    reused_from: str | None = Field(
+        default=None,
+        description="The job whose identical output (same source bytes, steps and engine) "
+        "was copied instead of rendered again.",
+    )
 
 
 class MetadataView(Model):
@@ -57,6 +62,9 @@ class MetadataView(Model):
 
     kind: Literal["metadata"] = "metadata"
     data: Analysis
+    reused_from: str | None = Field(
+        default=None, description="The job whose identical report was reused instead of made."
+    )
 
 
 class ErrorView(Model):

@@ -259,7 +259,7 @@ def job_view(
     outputs: dict[str, OutputView | MetadataView] = {}
     for step, out in job.outputs.items():
         if isinstance(out, MetadataOutput):  # a report: no object, so no URL
-            outputs[step] = MetadataView(data=out.data)
+            outputs[step] = MetadataView(data=out.data, reused_from=out.reused_from)
             continue
         outputs[step] = OutputView(
             # No dead links: past retention the objects are gone, so no URL is offered.
@@ -269,6 +269,7 @@ def job_view(
             width=out.width,
             height=out.height,
             bytes=out.bytes,
+            reused_from=out.reused_from,
         )
     return JobView(
         job_id=job.job_id,

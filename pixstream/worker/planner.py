@@ -86,7 +86,7 @@ async def plan_job(res: Resources, message: Message[JobRequested]) -> None:
     await res.emit(announced, key=request.job_id)
     plan = Plan.from_spec(spec)
     first_op = plan.steps[plan.order[0]].spec.op
-    task = TaskRequested(job_id=request.job_id, source_key=key, steps=spec.steps)
+    task = TaskRequested(job_id=request.job_id, source_key=key, steps=spec.steps, tenant=tenant)
     await res.send(
         res.settings.topic(f"op.{first_op}"),
         make_event(TASK_REQUESTED, task).to_bytes(),

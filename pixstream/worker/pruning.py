@@ -38,6 +38,9 @@ PRUNE_SQL: Final = {
     " AND updated_at < now() - make_interval(secs => $1)",
     "render_starts": "DELETE FROM render_starts"
     " WHERE updated_at < now() - make_interval(secs => $1)",
+    # Past their expiry the entries are never read (a new render claims the key over them).
+    "renditions": "DELETE FROM renditions"
+    " WHERE coalesce(expires_at, claimed_until) < now() - make_interval(secs => $1)",
 }
 PRUNE_REPLAYS: Final = (
     "DELETE FROM dead_letter_replays WHERE replayed_at < now() - make_interval(secs => $1)"

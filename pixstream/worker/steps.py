@@ -28,6 +28,7 @@ from pixstream.render import Rendered
 from pixstream.spec import JobSpec
 from pixstream.worker.handling import Message, Route
 from pixstream.worker.resources import Resources
+from pixstream.worker.reuse import Renditions
 
 log = logging.getLogger(__name__)
 
@@ -100,19 +101,25 @@ async def render_task(res: Resources, message: Message[TaskRequested], op: str) 
                 "worker died); given up"
             )
         source = await res.storage.get(task.source_key, max_bytes=res.settings.max_upload_bytes)
-        try:
-            rendered = await res.renderer.render(
-                source,
-                task.steps,
-                max_pixels=res.settings.max_pixels,
-                max_frames=res.settings.max_frames,
-            )
-        except errors.RendererCrashed as exc:
-            if crashes + 1 >= MAX_CRASHES:
-                raise
-            # Once may be the host (the OOM killer, a recycled child): try again, counted.
-            raise RenderInterrupted(exc.message) from exc
-        outputs = await _store(res, task.job_id, rendered)
+        # Outputs already rendered for this tenant are copied; only the rest is rendered.
+        async with Renditions(res, message, source, op) as once:
+            try:
+                rendered = await once.render(
+                    lambda steps: res.renderer.render(
+                        source,
+                        steps,
+                        max_pixels=res.settings.max_pixels,
+                        max_frames=res.settings.max_frames,
+                    )
+                )
+            except errors.RendererCrashed as exc:
+                if crashes + 1 >= MAX_CRASHES:
+                    raise
+                # Once may be the host (the OOM killer, a recycled child): try again, counted.
+                raise RenderInterrupted(exc.message) from exc
+            outputs = await _store(res, task.job_id, rendered)
+            await once.keep(outputs)
+            outputs.update(once.reused)
     except RenderInterrupted:
         metrics.TASKS.labels(op=op, outcome="retry").inc()
         raise

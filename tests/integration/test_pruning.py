@@ -47,6 +47,14 @@ async def test_prune_deletes_old_ended_rows_and_keeps_the_rest(database_url: str
             f" replayed_at) VALUES ('dlq', 0, 1, 'jobs', {OLD})"
         )
 
+        for chain, expires in (("c-old", OLD), ("c-live", "now() + interval '1 day'")):
+            await conn.execute(
+                "INSERT INTO renditions (tenant, source_sha256, chain_key, engine, chain, state,"
+                " job_id, object_key, output, expires_at) VALUES ('acme', 's', $1, 'e', '[]',"
+                f" 'ready', 'old-done', 'processed/old-done/a.png', '{{}}', {expires})",
+                chain,
+            )
+
         counts = await prune_database(conn, 7 * 86_400, 30 * 86_400)
 
         assert counts == {
@@ -55,6 +63,7 @@ async def test_prune_deletes_old_ended_rows_and_keeps_the_rest(database_url: str
             "idempotency_keys": 1,
             "webhook_deliveries": 1,
             "render_starts": 0,
+            "renditions": 1,
             "dead_letter_replays": 0,  # its dead letter may still be in the DLQ
         }
         jobs = {r["job_id"] for r in await conn.fetch("SELECT job_id FROM jobs")}

@@ -1,0 +1,250 @@
+"""Render once: before a task renders, each of its outputs is looked up in the index
+(`db/renditions.py`) by its content key (tenant, source sha256, canonical step chain, engine
+version, see `contentkeys`). A retained output is copied server-side (S3 CopyObject: no
+decode, no bytes through the worker) and says `reused_from`; the others are claimed, so an
+identical task in flight at the same time waits for this one's render and copies it instead
+of rendering it too, then rendered and kept in the index.
+
+docs/design.md says why identical jobs are claimed in PostgreSQL rather than routed by key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Sequence
+from types import TracebackType
+from typing import Any, Final, TypeVar
+
+from pixstream import apikeys, errors, metrics
+from pixstream.contentkeys import ContentKey, output_keys, source_digest, steps_for
+from pixstream.db import renditions
+from pixstream.events import OUTPUT, MetadataOutput, OutputInfo, TaskRequested
+from pixstream.plan import Plan
+from pixstream.render import Rendered
+from pixstream.spec import JobSpec, StepSpec
+from pixstream.worker.handling import Message
+from pixstream.worker.resources import Resources
+
+log = logging.getLogger(__name__)
+
+#: A claim lapses this long after its task last renewed it (every RENEW_SECONDS while it
+#: renders): a worker killed mid-render holds up identical tasks for at most this long.
+LEASE_SECONDS: Final = 30.0
+RENEW_SECONDS: Final = 10.0
+#: How often a task waiting on another's claim looks again, and how long it waits at most
+#: before it renders itself (a render that slow is better done twice than waited on).
+POLL_SECONDS: Final = 0.1
+WAIT_SECONDS: Final = 120.0
+
+Output = OutputInfo | MetadataOutput
+T = TypeVar("T")
+
+
+def _nothing() -> Rendered:
+    """What a task renders when every output was reused."""
+    return Rendered(source_format="", source_size=(0, 0), frames=0)
+
+
+class Renditions:
+    """One task's use of the index, entered around its render:
+
+        async with Renditions(res, message, source, op) as once:
+            rendered = await once.render(render_steps)   # only what was not reused
+            outputs = {**stored(rendered), **once.reused}
+            await once.keep(outputs)
+
+    Claims not kept (a step failed, the task raised) are released on exit, so a task
+    waiting on them claims them at once.
+    """
+
+    def __init__(
+        self, res: Resources, message: Message[TaskRequested], source: bytes, op: str
+    ) -> None:
+        self._res = res
+        self._task: TaskRequested = message.data
+        self._task_id = message.event.id
+        self._source = source
+        self._op = op
+        self._plan = Plan.from_spec(JobSpec(steps=self._task.steps))
+        self._keys: dict[str, ContentKey] = {}  # output step id -> its key
+        self._claimed: set[str] = set()  # chain keys this task holds
+        self._renew: asyncio.Task[None] | None = None
+        #: Outputs copied from earlier jobs, by step id.
+        self.reused: dict[str, Output] = {}
+        #: The steps this task still renders (all of them when reuse does not apply).
+        self.steps: list[StepSpec] = list(self._task.steps)
+
+    def _applies(self) -> bool:
+        tenant, mode = self._task.tenant, self._res.settings.reuse
+        if tenant is None or mode == "off":
+            return False
+        return not (mode == "keyed" and tenant == apikeys.ANONYMOUS)
+
+    async def __aenter__(self) -> Renditions:
+        if not self._applies():
+            return self
+        assert self._task.tenant is not None
+        digest = await asyncio.to_thread(source_digest, self._source)  # 25 MB: ~20 ms
+        self._keys = output_keys(self._plan, self._task.tenant, digest)
+        await self._resolve()
+        left = set(self._plan.outputs) - set(self.reused)
+        self.steps = steps_for(self._plan, left)
+        if self._claimed:
+            self._renew = asyncio.create_task(self._renewing())
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._renew is not None:
+            self._renew.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renew
+        if self._claimed:
+            await self._db(
+                "releasing render claims", renditions.release, self._claimed_keys(), self._task_id
+            )
+
+    async def render(
+        self, render_steps: Callable[[Sequence[StepSpec]], Awaitable[Rendered]]
+    ) -> Rendered:
+        """`render_steps(self.steps)`, or nothing when every output was reused (no decode)."""
+        if not self.steps:
+            return _nothing()
+        metrics.RENDERS.labels(op=self._op).inc()
+        return await render_steps(self.steps)
+
+    async def keep(self, outputs: dict[str, Output]) -> None:
+        """Index the outputs this task rendered (and may now be copied by others)."""
+        if not self._keys:
+            return
+        kept: set[str] = set()
+        for sid, out in outputs.items():
+            key = self._keys.get(sid)
+            if key is None or sid in self.reused or key.chain_key in kept:
+                continue
+            metrics.RENDITIONS.labels(outcome="rendered").inc()
+            entry = out.model_dump(mode="json", exclude={"url", "reused_from"})
+            object_key = out.key if isinstance(out, OutputInfo) else None
+            await self._db(
+                "indexing a rendered output",
+                renditions.keep,
+                key,
+                job_id=self._task.job_id,
+                object_key=object_key,
+                output=entry,
+                retain_seconds=self._res.settings.retention_seconds,
+            )
+            kept.add(key.chain_key)
+        self._claimed -= kept
+
+    # -- the lookup ---------------------------------------------------------------------
+    async def _resolve(self) -> None:
+        """Copy what is retained, claim what nobody renders, wait for what another task
+        renders now; until every output is reused or this task's to render."""
+        by_chain: dict[str, list[str]] = defaultdict(list)
+        for sid, key in self._keys.items():
+            by_chain[key.chain_key].append(sid)
+        open_ = set(by_chain)
+        waited: set[str] = set()
+        deadline = time.monotonic() + WAIT_SECONDS
+        while True:
+            keys = [self._keys[by_chain[ck][0]] for ck in open_]
+            entries = await self._db("looking up renditions", renditions.lookup, keys)
+            ready = [ck for ck in open_ if (e := entries.get(ck)) is not None and e.ready]
+            copied = await asyncio.gather(
+                *(self._copy(entries[ck], by_chain[ck], ck in waited) for ck in ready)
+            )  # concurrent copies: each is a round trip to S3
+            open_ -= {ck for ck, ok in zip(ready, copied, strict=True) if ok}
+            for ck in set(open_) - set(ready):
+                entry = entries.get(ck)
+                if entry is None or entry.claimed_by == self._task_id:
+                    key = self._keys[by_chain[ck][0]]
+                    if await self._db(
+                        "claiming a rendition", renditions.claim, key, self._task_id, LEASE_SECONDS
+                    ):
+                        self._claimed.add(ck)
+                        open_.discard(ck)
+                else:
+                    waited.add(ck)  # another task renders it now
+            if not open_:
+                return
+            if time.monotonic() > deadline or self._res.stopping:
+                log.warning(
+                    "an identical task is still rendering; rendering %d outputs here too",
+                    len(open_),
+                    extra={"job_id": self._task.job_id},
+                )
+                return  # rendered (and kept) unclaimed
+            await asyncio.sleep(POLL_SECONDS)
+
+    async def _copy(self, entry: renditions.Entry, sids: list[str], waited: bool) -> bool:
+        """Copy `entry`'s object to each of `sids`' keys; False when it is gone (expired
+        early, or deleted), and then forgotten."""
+        assert entry.output is not None
+        assert entry.job_id is not None
+        own = entry.job_id == self._task.job_id  # indexed by this task's earlier delivery
+        copies: dict[str, Output] = {}
+        for sid in sids:
+            fields = dict(entry.output)
+            if entry.object_key is not None:
+                key = Plan.output_key(self._task.job_id, sid, str(fields["format"]))
+                if key != entry.object_key:
+                    try:
+                        await self._res.storage.copy(entry.object_key, key)
+                    except errors.SourceUnavailable:
+                        await self._db(
+                            "forgetting a lost rendition",
+                            renditions.forget,
+                            self._keys[sid],
+                            entry.job_id,
+                        )
+                        return False
+                fields["key"] = key
+            if not own:
+                fields["reused_from"] = entry.job_id
+            copies[sid] = OUTPUT.validate_python(fields)
+        self.reused.update(copies)
+        outcome = "waited" if waited else "reused"
+        metrics.RENDITIONS.labels(outcome=outcome).inc(len(copies))
+        log.info(
+            "outputs reused from job %s",
+            entry.job_id,
+            extra={"job_id": self._task.job_id, "steps": sids, "outcome": outcome},
+        )
+        return True
+
+    async def _renewing(self) -> None:
+        while True:
+            await asyncio.sleep(RENEW_SECONDS)
+            try:
+                await self._db(
+                    "renewing render claims",
+                    renditions.renew,
+                    self._claimed_keys(),
+                    self._task_id,
+                    LEASE_SECONDS,
+                )
+            except Exception:  # a lapsed claim costs a duplicate render at worst
+                log.warning("render claims not renewed", exc_info=True)
+
+    def _claimed_keys(self) -> list[ContentKey]:
+        firsts = {key.chain_key: key for key in self._keys.values()}
+        return [firsts[ck] for ck in self._claimed]
+
+    async def _db(
+        self, what: str, query: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any
+    ) -> T:
+        """`query(conn, *args, **kwargs)`, retried in place while PostgreSQL is away."""
+
+        async def run(conn: Any) -> T:
+            return await query(conn, *args, **kwargs)
+
+        return await self._res.write_db(run, what=what, job_id=self._task.job_id)

@@ -1,0 +1,140 @@
+"""Render once through the real pipeline: a second identical job copies the first one's
+outputs (no decode, `reused_from`, the same bytes), and nothing is reused across tenants,
+past an entry's expiry, or twice rendered for identical jobs in flight at once."""
+
+from __future__ import annotations
+
+import re
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+
+from pixstream.events import JOB_COMPLETED
+from pixstream.settings import Settings
+from pixstream.storage import open_storage
+from tests.e2e.conftest import Pipeline, running_pipeline
+from tests.harness import TERMINAL, jpeg_bytes, submit
+
+pytestmark = [pytest.mark.e2e, pytest.mark.kafka, pytest.mark.s3, pytest.mark.postgres]
+
+TENANT = "acme"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+async def reuse(
+    services: Settings, template_database: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[tuple[Pipeline, int]]:
+    port = _free_port()
+    async with running_pipeline(
+        services,
+        template_database,
+        tmp_path_factory.mktemp("reuse"),
+        extra_env={"PIXSTREAM_WORKER_METRICS_PORT": str(port)},
+    ) as pipeline:
+        yield pipeline, port
+
+
+async def renders(port: int) -> float:
+    """Tasks the worker decoded and rendered so far (`pixstream_renders_total`, all ops)."""
+    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/metrics") as r:
+        text = await r.text()
+    return sum(
+        float(v) for v in re.findall(r"^pixstream_renders_total\{[^}]*\} (\S+)$", text, re.M)
+    )
+
+
+async def run(pipeline: Pipeline, source: bytes, tenant: str = TENANT) -> dict[str, Any]:
+    """Submit one job of the contract's spec and return its job.completed outputs."""
+    job = await submit(pipeline.settings, source, tenant=tenant)
+    await pipeline.watcher.wait_terminal([job])
+    (terminal,) = pipeline.watcher.of_type(job, *TERMINAL)
+    assert terminal.type == JOB_COMPLETED, terminal.data
+    outputs: dict[str, Any] = terminal.data["outputs"]
+    return outputs
+
+
+async def objects(pipeline: Pipeline, outputs: dict[str, Any]) -> dict[str, bytes]:
+    async with open_storage(pipeline.settings) as storage:
+        return {sid: await storage.get(out["key"]) for sid, out in outputs.items()}
+
+
+async def test_second_identical_job_copies_the_first_without_decoding(
+    reuse: tuple[Pipeline, int],
+) -> None:
+    pipeline, port = reuse
+    source = jpeg_bytes((1200, 900), color=(10, 120, 200))
+    before = await renders(port)
+    first = await run(pipeline, source)
+    assert await renders(port) == before + 1
+    assert all(out.get("reused_from") is None for out in first.values())
+
+    first_job = first["webp"]["key"].split("/")[1]
+    second = await run(pipeline, source)
+
+    assert await renders(port) == before + 1  # no decode, no render
+    assert {sid: out["reused_from"] for sid, out in second.items()} == {
+        "webp": first_job,
+        "thumb": first_job,
+    }
+    assert second["webp"]["key"] != first["webp"]["key"]  # a copy under the new job's key
+    assert await objects(pipeline, second) == await objects(pipeline, first)
+    for sid in first:  # the same entry otherwise
+        drop = {"key", "reused_from"}
+        assert {k: v for k, v in second[sid].items() if k not in drop} == {
+            k: v for k, v in first[sid].items() if k not in drop
+        }
+
+
+async def test_another_tenant_renders_its_own(reuse: tuple[Pipeline, int]) -> None:
+    pipeline, port = reuse
+    source = jpeg_bytes((1000, 800), color=(200, 200, 10))
+    await run(pipeline, source)
+    before = await renders(port)
+    other = await run(pipeline, source, tenant="globex")
+    assert await renders(port) == before + 1
+    assert all(out.get("reused_from") is None for out in other.values())
+
+
+async def test_an_expired_entry_renders_again(reuse: tuple[Pipeline, int]) -> None:
+    pipeline, port = reuse
+    source = jpeg_bytes((900, 700), color=(30, 200, 30))
+    await run(pipeline, source)
+    conn = await asyncpg.connect(pipeline.settings.database_url.get_secret_value())
+    try:
+        expired = await conn.execute(
+            "UPDATE renditions SET expires_at = now() - interval '1 second'"
+            " WHERE tenant = $1 AND state = 'ready'",
+            TENANT,
+        )
+    finally:
+        await conn.close()
+    assert expired != "UPDATE 0"
+    before = await renders(port)
+    again = await run(pipeline, source)
+    assert await renders(port) == before + 1
+    assert all(out.get("reused_from") is None for out in again.values())
+
+
+async def test_identical_jobs_in_flight_together_render_once(reuse: tuple[Pipeline, int]) -> None:
+    pipeline, port = reuse
+    source = jpeg_bytes((2400, 1800), color=(120, 10, 90))
+    before = await renders(port)
+    jobs = [await submit(pipeline.settings, source, tenant=TENANT) for _ in range(3)]
+    await pipeline.watcher.wait_terminal(jobs)
+    outputs = [pipeline.watcher.of_type(j, JOB_COMPLETED)[0].data["outputs"] for j in jobs]
+    assert await renders(port) == before + 1
+    # One job rendered (whichever claimed first); the others copied its outputs, whether they
+    # waited on its claim or came after it.
+    (origin,) = [j for j, o in zip(jobs, outputs, strict=True) if o["webp"].get("reused_from") is None]
+    copies = [o for j, o in zip(jobs, outputs, strict=True) if j != origin]
+    assert {out["reused_from"] for o in copies for out in o.values()} == {origin}
