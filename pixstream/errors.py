@@ -4,7 +4,7 @@ PixStreamError
 ├── PermanentError      the input is at fault: a stable `code`, 4xx at the edge, the job fails
 │   ├── InvalidSpec, InvalidParams, UnknownOperation
 │   ├── UnsupportedFormat, CorruptImage, TooManyPixels, TooManyFrames, TooLarge
-│   ├── RendererCrashed (code worker_crashed)
+│   ├── RendererCrashed (code worker_crashed), RenderTimedOut (code render_timeout)
 │   └── SourceUnavailable, DestinationRefused
 └── TransientError      a dependency is at fault: retried with backoff, then dead-lettered;
                         503 at the edge
@@ -81,6 +81,14 @@ class RendererCrashed(PermanentError):
     # Permanent: the render pool gives each child its own address-space limit, so running out
     # of it (or being killed) says the input needs more than allowed, not that the host is busy.
     code = "worker_crashed"
+
+
+class RenderTimedOut(PermanentError):
+    """The render took longer than allowed (a CPU bomb: cheap to send, costly to compute)."""
+
+    # Permanent: the same input and steps take the same time again. The child is killed, so
+    # the core it held is free for the next task at once.
+    code = "render_timeout"
 
 
 class TooLarge(PermanentError):

@@ -120,6 +120,9 @@ class Settings(BaseSettings):
     # Address-space limit (RLIMIT_AS) of each render process: a bomb past the checks ends
     # that process with worker_crashed, not the worker. Virtual memory: leave room above RSS.
     render_memory_limit_bytes: int = Field(default=1_200_000_000, gt=0)
+    # Wall time one task's render may take before its process is killed and the task fails
+    # with render_timeout (the slowest legitimate job, 16 steps at max_pixels, takes far less).
+    render_timeout_seconds: float = Field(default=120.0, gt=0)
     # A `source.key` of a job produced to Kafka must start with one of these; any other key
     # fails the job with `source_forbidden` before the object is read.
     source_key_prefixes: list[str] = Field(default_factory=lambda: ["raw/"], min_length=1)
@@ -154,6 +157,10 @@ class Settings(BaseSettings):
     prune_interval_seconds: float = Field(default=600.0, gt=0)
     # Prometheus metrics of a worker process (0: off); the ingress serves its own at /metrics.
     worker_metrics_port: int = Field(default=9108, ge=0, le=65535)
+    # A worker asked to stop (SIGTERM, SIGINT) exits after this long even if its shutdown has
+    # not finished (Kafka or PostgreSQL gone: nothing to commit to); supervisors SIGKILL what
+    # is left of their process trees a few seconds later.
+    worker_stop_seconds: float = Field(default=15.0, gt=0)
 
     presets: dict[str, dict[str, Any]] = Field(default_factory=lambda: dict(DEFAULT_PRESETS))
 

@@ -22,6 +22,7 @@ from typing import Any, ClassVar, Self
 
 from aiokafka.admin import AIOKafkaAdminClient
 from PIL import Image
+from pydantic import SecretStr
 
 from pixstream import kafka
 from pixstream.apikeys import ANONYMOUS
@@ -57,28 +58,20 @@ CONTRACT_STEPS = [StepSpec.model_validate(step) for step in CONTRACT_SPEC["steps
 
 
 def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
-    """The environment that gives a child process exactly these settings."""
-    env = {
-        **os.environ,
-        "PIXSTREAM_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-        "PIXSTREAM_DATABASE_URL": settings.database_url.get_secret_value(),
-        "PIXSTREAM_S3_ENDPOINT_URL": settings.s3_endpoint_url,
-        "PIXSTREAM_S3_BUCKET": settings.s3_bucket,
-        "PIXSTREAM_TOPIC_PREFIX": settings.topic_prefix,
-        "PIXSTREAM_APP_ID": settings.app_id,
-        "PIXSTREAM_WORKER_METRICS_PORT": "0",
-        "PIXSTREAM_RETRY_ATTEMPTS": str(settings.retry_attempts),
-        "PIXSTREAM_STALL_SECONDS": str(settings.stall_seconds),
-        "PIXSTREAM_MAX_REDRIVES": str(settings.max_redrives),
-        "PIXSTREAM_WEBHOOK_ALLOW_PRIVATE": str(settings.webhook_allow_private).lower(),
-        "PIXSTREAM_WEBHOOK_SECRET": settings.webhook_secret.get_secret_value(),
-        "PIXSTREAM_WEBHOOK_TIMEOUT_SECONDS": str(settings.webhook_timeout_seconds),
-        "PIXSTREAM_WEBHOOK_RETRY_SCHEDULE": json.dumps(settings.webhook_retry_schedule),
-        "PIXSTREAM_WEBHOOK_BREAKER_FAIL_MAX": str(settings.webhook_breaker_fail_max),
-        "PIXSTREAM_WEBHOOK_BREAKER_RESET_SECONDS": str(settings.webhook_breaker_reset_seconds),
-        "PIXSTREAM_WEBHOOK_POLL_SECONDS": str(settings.webhook_poll_seconds),
-        "PIXSTREAM_SOURCE_ALLOW_PRIVATE": str(settings.source_allow_private).lower(),
-    }
+    """The environment that gives a child process exactly these settings: every field, so a
+    test's override always reaches the child (metrics off unless asked)."""
+    env = {**os.environ, "PIXSTREAM_WORKER_METRICS_PORT": "0"}
+    for name, value in settings.model_dump(exclude={"worker_metrics_port"}).items():
+        if value is None:
+            continue
+        raw = getattr(settings, name)
+        if isinstance(raw, SecretStr):
+            value = raw.get_secret_value()
+        elif isinstance(value, bool):
+            value = str(value).lower()
+        elif isinstance(value, list | dict):
+            value = json.dumps(value)
+        env[f"PIXSTREAM_{name.upper()}"] = str(value)
     env.update(extra)
     return env
 
@@ -104,6 +97,10 @@ class PixstreamProcess:
                 stderr=subprocess.STDOUT,
             )
         return self
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
     def kill(self) -> None:
         """SIGKILL: no shutdown, no commit, no flush."""

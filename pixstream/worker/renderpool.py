@@ -1,15 +1,17 @@
 """Render in child processes, so a decompression bomb that slips past the budgets ends a child,
 never the worker, and the task gets an answer (`worker_crashed`) instead of a crash loop.
 
-Each slot is a one-process executor with its own address-space limit (RLIMIT_AS), replaced
-when its process dies and recycled after `tasks_per_child` renders. One process per slot, not
-one shared pool: a dead child breaks every future of its executor, and with a shared pool the
+Each slot is a one-process executor with its own address-space limit (RLIMIT_AS) and a wall
+time limit per call (past it the process is killed: `render_timeout`), replaced when its
+process dies and recycled after `tasks_per_child` renders. One process per slot, not one
+shared pool: a dead child breaks every future of its executor, and with a shared pool the
 tasks that happened to run next to the bomb would fail with it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -30,6 +32,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+DEFAULT_TIMEOUT_SECONDS: Final = 120.0
 #: Renders per child before it is replaced: bounds what fragmentation or a leak can accumulate.
 DEFAULT_TASKS_PER_CHILD: Final = 50
 #: forkserver: children fork from a clean, small server process (not from the worker with its
@@ -46,11 +49,13 @@ class RenderPool:
         *,
         processes: int,
         memory_limit_bytes: int,
+        timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
         tasks_per_child: int = DEFAULT_TASKS_PER_CHILD,
         mp_context: str = DEFAULT_CONTEXT,
     ) -> None:
         self.processes = processes
         self.memory_limit_bytes = memory_limit_bytes
+        self.timeout_seconds = timeout_seconds
         self.tasks_per_child = tasks_per_child
         self._context = multiprocessing.get_context(mp_context)
         if mp_context == "forkserver":
@@ -64,6 +69,7 @@ class RenderPool:
         return cls(
             processes=settings.worker_threads or os.cpu_count() or 1,
             memory_limit_bytes=settings.render_memory_limit_bytes,
+            timeout_seconds=settings.render_timeout_seconds,
         )
 
     async def __aenter__(self) -> RenderPool:
@@ -96,7 +102,8 @@ class RenderPool:
         """render() in a child; the plan is rebuilt there from `steps` (a Plan cannot be pickled).
 
         Raises what render() raises (PixStream errors cross the process boundary as
-        themselves), and RendererCrashed when the child dies or runs out of memory.
+        themselves), RendererCrashed when the child dies or runs out of memory, and
+        RenderTimedOut when it takes longer than `timeout_seconds`.
         """
         return await self.call(_render, source, list(steps), max_pixels, max_frames)
 
@@ -107,7 +114,16 @@ class RenderPool:
         free = self._free
         executor = await free.get()
         try:
-            return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+            running = asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+            return await asyncio.wait_for(running, self.timeout_seconds)
+        except TimeoutError as exc:
+            # A future of a process pool cannot be cancelled once running: only killing the
+            # child frees its core (and the executor, which then counts as broken).
+            _kill_children(executor)
+            executor = self._replace(executor)
+            raise errors.RenderTimedOut(
+                f"the render took longer than {self.timeout_seconds:g} s and was stopped"
+            ) from exc
         except BrokenProcessPool as exc:
             executor = self._replace(executor)
             raise errors.RendererCrashed(
@@ -138,6 +154,15 @@ class RenderPool:
         self._all.discard(broken)
         broken.shutdown(wait=False, cancel_futures=True)
         return self._executor()
+
+
+def _kill_children(executor: ProcessPoolExecutor) -> None:
+    # `_processes` is the executor's own table of its children (no public API names them).
+    # SIGKILL: the child holds nothing that needs cleaning up, and the executor is discarded.
+    processes = getattr(executor, "_processes", None) or {}
+    for process in list(processes.values()):
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            process.kill()
 
 
 def _limit_address_space(limit: int) -> None:

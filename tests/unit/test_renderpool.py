@@ -8,7 +8,9 @@ import asyncio
 import io
 import os
 import signal
+import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -121,3 +123,31 @@ async def test_the_pool_recycles_its_children(images: Images) -> None:
 async def test_a_pool_that_is_not_started_says_so() -> None:
     with pytest.raises(RuntimeError, match="not started"):
         await RenderPool(processes=1, memory_limit_bytes=10**9).call(os.getpid)
+
+
+async def test_a_render_past_its_time_limit_is_stopped_and_the_slot_goes_on() -> None:
+    async with RenderPool(processes=1, memory_limit_bytes=1_200_000_000, timeout_seconds=1) as p:
+        before = await p.call(os.getpid)
+        with pytest.raises(errors.RenderTimedOut) as info:
+            await p.call(time.sleep, 600)  # a CPU bomb stands in: nothing else returns so late
+        assert info.value.code == "render_timeout"
+        assert await _stopped(before)  # killed, not left burning a core
+        after = await p.call(os.getpid)
+    assert after != before
+
+
+async def _stopped(pid: int) -> bool:
+    """Gone, or dead and waiting to be reaped (a zombie), within 10 s of the signal."""
+    for _ in range(100):
+        if _state(pid) in {None, "Z", "X"}:
+            return True
+        await asyncio.sleep(0.1)
+    return False
+
+
+def _state(pid: int) -> str | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[0]
