@@ -45,7 +45,7 @@ def _code(pipeline: Pipeline, job_id: str) -> str:
     assert terminal.type == JOB_FAILED, terminal
     codes = {e["code"] for e in terminal.data["errors"]}
     assert len(codes) == 1, codes
-    return codes.pop()
+    return str(codes.pop())
 
 
 async def _normal_job_completes(pipeline: Pipeline) -> None:
