@@ -42,13 +42,14 @@ _PUBLIC: Final = {
     "dlq": "Dead letters: records that could not be processed.",
 }
 _LIFECYCLE: Final = [
+    events.JOB_RETRIED,  # the planner's announcement of a retry's run
     events.STEP_COMPLETED,
     events.STEP_FAILED,
     events.JOB_COMPLETED,
     events.JOB_FAILED,
 ]
 _CHANNEL_MESSAGES: Final = {
-    "jobs": [events.JOB_REQUESTED],
+    "jobs": [events.JOB_REQUESTED, events.JOB_RETRIED],
     "events": _LIFECYCLE,
     "dlq": [DEAD_LETTER],
     "op": [events.TASK_REQUESTED],
@@ -252,13 +253,17 @@ def _operations() -> dict[str, Any]:
             "jobs",
             "The planner validates each request, checks its source and plans its steps. An "
             "invalid request with a job id fails the job (`pixstream.job.failed`); one without "
-            "is dead-lettered.",
+            "is dead-lettered. A `pixstream.job.retried` is planned alike: announced on the "
+            "events topic, then one task with only the steps the retry runs.",
         ),
         (
             "sendJobRequests",
             "send",
             "jobs",
-            "The ingress publishes one for every accepted `POST /v1/jobs`.",
+            "The ingress publishes a `pixstream.job.requested` for every accepted "
+            "`POST /v1/jobs`, and a `pixstream.job.retried` for every accepted "
+            "`POST /v1/jobs/{id}/retry` (other systems retry through that route, which checks "
+            "that the job failed and that its source is retained).",
         ),
         (
             "sendTasks",
@@ -276,8 +281,11 @@ def _operations() -> dict[str, Any]:
             "sendEvents",
             "send",
             "events",
-            "Each step's event when it finishes, then one terminal job event. Delivery is at "
-            "least once: deduplicate on the CloudEvent id, which a redelivery repeats.",
+            "Each step's event when it finishes, then one terminal job event per run. A retry "
+            "starts a new run: its `pixstream.job.retried` comes first, and its events carry "
+            "`data.run` and ids of their own (`<job>.r<run>.job.failed`), so the retry ends with "
+            "one new terminal event. Delivery is at least once: deduplicate on the CloudEvent "
+            "id, which a redelivery repeats.",
         ),
         (
             "receiveEvents",
@@ -357,6 +365,12 @@ def _event_message(type_: str) -> dict[str, Any]:
             f" It may carry the `{TENANT_ATTRIBUTE}` extension attribute. A `job_id` that "
             "already exists with a different request is dead-lettered (`job_id_conflict`); "
             "the same request again is a harmless duplicate."
+        )
+    if type_ == events.JOB_RETRIED:
+        description += (
+            " Published by the ingress (through its outbox) for `POST /v1/jobs/{id}/retry`, "
+            "with the job's tenant in `pixstreamtenant`; the planner announces it on the events "
+            "topic before the run's task, so consumers see the run open before its results."
         )
     return {
         "name": type_,

@@ -1,7 +1,8 @@
 """CloudEvents 1.0 (structured JSON) envelope and the data model of every PixStream event type.
 
-These models are the source of `schemas/`. Event ids are deterministic per job and step, so a
-redelivered step republishes the same id and consumers deduplicate on it.
+These models are the source of `schemas/`. Event ids are deterministic per job, run and step,
+so a redelivered step republishes the same id and consumers deduplicate on it; a retry's run
+(`run` > 0, see `JobRetried`) has ids of its own, so its terminal event is a new one.
 """
 
 from __future__ import annotations
@@ -33,10 +34,14 @@ STEP_FAILED: Final = "pixstream.step.failed"
 JOB_COMPLETED: Final = "pixstream.job.completed"
 JOB_FAILED: Final = "pixstream.job.failed"
 TASK_REQUESTED: Final = "pixstream.task.requested"  # internal: on pixstream.op.<op> topics
+JOB_RETRIED: Final = "pixstream.job.retried"
 
 DEFAULT_SOURCE: Final = "/pixstream"
 
 JobId = Annotated[str, Field(pattern=ID_PATTERN)]
+#: Which run of its job an event belongs to: 0 for the first, one more for each retry. Events
+#: from before retries existed have none, so it defaults to 0.
+Run = Annotated[int, Field(ge=0)]
 
 
 class Data(BaseModel):
@@ -141,6 +146,7 @@ class TaskRequested(Data):
         description="The job's tenant: outputs are reused only within it. A task without "
         "one (sent before v2) renders everything.",
     )
+    run: Run = 0
 
 
 class StepCompleted(Data):
@@ -150,6 +156,7 @@ class StepCompleted(Data):
     step: str
     op: str
     output: Output | None = None
+    run: Run = 0
 
 
 class StepFailed(Data):
@@ -160,6 +167,7 @@ class StepFailed(Data):
     op: str
     code: str
     message: str
+    run: Run = 0
 
 
 class JobCompleted(Data):
@@ -168,6 +176,7 @@ class JobCompleted(Data):
     job_id: JobId
     outputs: dict[str, Output]
     webhook_url: str | None = None
+    run: Run = 0
 
 
 class JobFailed(Data):
@@ -175,6 +184,23 @@ class JobFailed(Data):
 
     job_id: JobId
     errors: list[ErrorInfo] = Field(min_length=1)
+    outputs: dict[str, Output] = Field(default_factory=dict)
+    webhook_url: str | None = None
+    run: Run = 0
+
+
+class JobRetried(Data):
+    """A failed job runs again (`POST /v1/jobs/{id}/retry`): the steps no kept output needs.
+
+    `outputs` are the outputs that succeeded before, kept as they are (their objects are not
+    written again); every other output is rendered anew from the retained `source_key`, with
+    the steps on its path. `run` numbers this run; its events carry it.
+    """
+
+    job_id: JobId
+    run: int = Field(ge=1)
+    steps: list[StepSpec] = Field(min_length=1)
+    source_key: str = Field(min_length=1)
     outputs: dict[str, Output] = Field(default_factory=dict)
     webhook_url: str | None = None
 
@@ -186,6 +212,7 @@ DATA_MODELS: Final[dict[str, type[Data]]] = {
     JOB_COMPLETED: JobCompleted,
     JOB_FAILED: JobFailed,
     TASK_REQUESTED: TaskRequested,
+    JOB_RETRIED: JobRetried,
 }
 
 
@@ -214,10 +241,12 @@ class CloudEvent(BaseModel):
             raise errors.InvalidEvent(describe_errors(exc, "event")) from exc
 
 
-def event_id_for(job_id: str, type: str, step: str | None = None) -> str:
-    """A deterministic id: `job-123.job.completed`, `job-123.step.completed.thumb`."""
+def event_id_for(job_id: str, type: str, step: str | None = None, run: int = 0) -> str:
+    """A deterministic id: `job-123.job.completed`, `job-123.step.completed.thumb`; a retry's
+    run says its number (`job-123.r1.job.completed`), so the first run's ids are unchanged."""
     short = type.removeprefix("pixstream.")
-    return f"{job_id}.{short}" if step is None else f"{job_id}.{short}.{step}"
+    head = job_id if run == 0 else f"{job_id}.r{run}"
+    return f"{head}.{short}" if step is None else f"{head}.{short}.{step}"
 
 
 def make_event(
@@ -233,7 +262,8 @@ def make_event(
         raise TypeError(f"{data.__class__.__name__} is not the data of {type!r}")
     if id is None:
         step = data.steps[0].id if isinstance(data, TaskRequested) else getattr(data, "step", None)
-        id = event_id_for(getattr(data, "job_id", "unknown"), type, step)
+        run = getattr(data, "run", 0)
+        id = event_id_for(getattr(data, "job_id", "unknown"), type, step, run)
     return CloudEvent(
         id=id,
         source=source,

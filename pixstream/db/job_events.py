@@ -3,6 +3,10 @@
 The recorder appends an event in the transaction that projects it onto `jobs`, and notifies
 `CHANNEL` with the job id; the notification is only a wake-up (delivered at commit, possibly
 lost while the listener reconnects): subscribers always read the rows after their cursor.
+
+A retried job's log goes on past its terminal event: `pixstream.job.retried` (written by the
+ingress in the transaction that accepts the retry) opens a new run, so a terminal event ends
+the stream only when no retry follows it.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Final
 
-from pixstream.events import JOB_COMPLETED, JOB_FAILED, CloudEvent
+from pixstream.events import JOB_COMPLETED, JOB_FAILED, JOB_RETRIED, CloudEvent
 
 #: The LISTEN/NOTIFY channel; the payload is the job id.
 CHANNEL: Final = "pixstream_job_events"
@@ -31,6 +35,9 @@ SELECT seq, event_id, type, event::text AS event FROM job_events
 WHERE job_id = $1 AND seq > $2 ORDER BY seq LIMIT $3
 """
 SELECT_POSITION: Final = "SELECT seq, type FROM job_events WHERE job_id = $1 AND event_id = $2"
+SELECT_RETRIED_AFTER: Final = """
+SELECT EXISTS (SELECT 1 FROM job_events WHERE job_id = $1 AND seq > $2 AND type = $3)
+"""
 
 
 @dataclass(frozen=True)
@@ -74,6 +81,15 @@ async def read_after(conn: Any, job_id: str, seq: int, limit: int = PAGE) -> lis
 
 
 async def position_of(conn: Any, job_id: str, event_id: str) -> Position | None:
-    """The position of `event_id` in the job's log; None when the job has no such event."""
+    """The position of `event_id` in the job's log; None when the job has no such event.
+    It is terminal when it is a terminal event no retry has reopened since."""
     row = await conn.fetchrow(SELECT_POSITION, job_id, event_id)
-    return Position(row["seq"], row["type"] in TERMINAL_TYPES) if row is not None else None
+    if row is None:
+        return None
+    ended = row["type"] in TERMINAL_TYPES and not await retried_after(conn, job_id, row["seq"])
+    return Position(row["seq"], ended)
+
+
+async def retried_after(conn: Any, job_id: str, seq: int) -> bool:
+    """Whether a retry of the job was logged after position `seq` (a new run follows)."""
+    return bool(await conn.fetchval(SELECT_RETRIED_AFTER, job_id, seq, JOB_RETRIED))

@@ -9,7 +9,7 @@ functions work on any asyncpg connection whatever jsonb codec its pool has insta
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Collection, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -22,6 +22,7 @@ from pixstream.events import (
     JOB_COMPLETED,
     JOB_FAILED,
     JOB_REQUESTED,
+    JOB_RETRIED,
     OUTPUT,
     STEP_COMPLETED,
     STEP_FAILED,
@@ -29,6 +30,7 @@ from pixstream.events import (
     JobCompleted,
     JobFailed,
     JobRequested,
+    JobRetried,
     MetadataOutput,
     OutputInfo,
     SourceKey,
@@ -36,6 +38,7 @@ from pixstream.events import (
     StepFailed,
     parse_data,
 )
+from pixstream.rerun import rerun_steps
 
 QUEUED: Final = "queued"
 PROCESSING: Final = "processing"
@@ -47,6 +50,12 @@ _RANK: Final = {QUEUED: 0, PROCESSING: 1, COMPLETED: 2, FAILED: 2}
 
 #: An Idempotency-Key names its job for this long; after that the key may be reused.
 IDEMPOTENCY_TTL_SECONDS: Final = 24 * 3600
+
+
+class NotRetryable(errors.PermanentError):
+    """Only a failed job can be retried, once per failure."""
+
+    code = "job_not_retryable"
 
 
 class IdempotencyKeyReused(errors.PermanentError):
@@ -97,7 +106,7 @@ SELECT job_id, request_hash FROM idempotency_keys WHERE tenant = $1 AND key = $2
 
 _JOB_COLUMNS: Final = """
 job_id, status, steps_total, spec::text AS spec, source_key, webhook_url, steps::text AS steps,
-job_error::text AS job_error, created_at, updated_at, finished_at, tenant
+job_error::text AS job_error, created_at, updated_at, finished_at, tenant, run
 """
 
 SELECT_JOB: Final = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = $1"
@@ -139,6 +148,14 @@ SET status = $2, steps = $3::text::jsonb, job_error = $4::text::jsonb, finished_
 WHERE job_id = $1
 """
 
+# A new run (a retry): processing again, without the results the run replaces.
+OPEN_RUN: Final = """
+UPDATE jobs
+SET run = $2, status = 'processing', steps = $3::text::jsonb, job_error = NULL,
+    finished_at = NULL, updated_at = GREATEST(updated_at, $4)
+WHERE job_id = $1
+"""
+
 SELECT_WEBHOOK_STATUS: Final = """
 SELECT state, attempts, last_status, last_error, delivered_at, next_attempt_at
 FROM webhook_deliveries WHERE job_id = $1
@@ -165,6 +182,7 @@ class JobRecord:
     updated_at: datetime
     finished_at: datetime | None
     tenant: str = "anonymous"
+    run: int = 0  # 0, or the number of the latest retry
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> JobRecord:
@@ -181,6 +199,7 @@ class JobRecord:
             updated_at=row["updated_at"],
             finished_at=row["finished_at"],
             tenant=row["tenant"],
+            run=row["run"],
         )
 
     @property
@@ -304,6 +323,29 @@ async def set_source_key(conn: Any, job_id: str, key: str) -> None:
     )
 
 
+async def open_run(
+    conn: Any, job_id: str, run: int, rerun: Collection[str], time: datetime, *, retry: bool
+) -> bool:
+    """Make `run` the job's current run: `processing` again, without the results of the
+    steps in `rerun` nor a job-level error; False when the job is at `run` or later already.
+
+    `retry`: the ingress accepting a retry, for which the job must be failed at run `run - 1`
+    (NotRetryable otherwise, e.g. a concurrent retry committed first). The recorder projects
+    the run's job.retried with False: by then the ingress has usually opened it already.
+    """
+    async with conn.transaction():
+        row = await conn.fetchrow(SELECT_JOB_FOR_UPDATE, job_id)
+        job = JobRecord.from_row(row) if row is not None else None
+        if retry and (job is None or job.status != FAILED or job.run != run - 1):
+            state = "unknown" if job is None else f"{job.status} (run {job.run})"
+            raise NotRetryable(f"job {job_id} is {state}: only a failed job can be retried")
+        if job is None or job.run >= run:
+            return False
+        steps = {sid: entry for sid, entry in job.steps.items() if sid not in rerun}
+        await conn.execute(OPEN_RUN, job_id, run, json.dumps(steps), time)
+    return True
+
+
 async def idempotent_job(conn: Any, tenant: str, key: str, request_hash: str) -> str | None:
     """The live job the tenant's `key` names for this same request, or None when the key is
     free (or expired); IdempotencyKeyReused when it names another request."""
@@ -392,6 +434,11 @@ async def count_jobs_by_status(conn: Any) -> dict[str, int]:
 
 
 # -- the projection -----------------------------------------------------------------------------
+_PROJECTED: Final = frozenset(
+    {JOB_REQUESTED, JOB_RETRIED, STEP_COMPLETED, STEP_FAILED, JOB_COMPLETED, JOB_FAILED}
+)
+
+
 @dataclass(frozen=True)
 class Progress:
     """The part of a job row that events change."""
@@ -466,15 +513,20 @@ def project(
 async def apply_event(conn: Any, event: CloudEvent) -> None:
     """Project one lifecycle event onto `jobs`; idempotent and safe in any order.
 
-    Handles job.requested, step.completed, step.failed, job.completed and job.failed; other
-    types are ignored. InvalidEvent when the data does not match its type. Runs in its own
+    Handles job.requested, job.retried, step.completed, step.failed, job.completed and
+    job.failed; other types are ignored. Step and terminal events count only for the job's
+    current run. InvalidEvent when the data does not match its type. Runs in its own
     transaction (a savepoint when the caller already has one).
     """
-    if event.type not in {JOB_REQUESTED, STEP_COMPLETED, STEP_FAILED, JOB_COMPLETED, JOB_FAILED}:
+    if event.type not in _PROJECTED:
         return
     data = parse_data(event)
     if isinstance(data, JobRequested):
         await _record_requested(conn, data, event.time, ownership.tenant_of(event))
+        return
+    if isinstance(data, JobRetried):
+        rerun = {s.id for s in rerun_steps(data.steps, data.outputs)}
+        await open_run(conn, data.job_id, data.run, rerun, event.time, retry=False)
         return
     if not isinstance(data, StepEvent | TerminalEvent):
         return
@@ -483,6 +535,8 @@ async def apply_event(conn: Any, event: CloudEvent) -> None:
         await conn.execute(INSERT_PLACEHOLDER, job_id, event.time)
         row = await conn.fetchrow(SELECT_JOB_FOR_UPDATE, job_id)
         job = JobRecord.from_row(row)
+        if data.run != job.run:  # a late result of a run a retry replaced, or of none yet
+            return
         before = Progress(job.status, job.steps, job.job_error, job.finished_at)
         after = project(before, data, event.time, job.spec)
         if after == before:

@@ -35,6 +35,15 @@ class JobAccepted(Model):
     links: JobLinks
 
 
+class RetryAccepted(Model):
+    """The retry is queued: the job is `processing` again, in run `run`; follow `links.self`."""
+
+    job_id: str = Field(pattern=ID_PATTERN)
+    status: Literal["processing"] = "processing"
+    run: int = Field(ge=1, description="This retry's run: 1 for the first retry.")
+    links: JobLinks
+
+
 class Progress(Model):
     steps_total: int = Field(ge=0)
     steps_done: int = Field(ge=0)

@@ -21,6 +21,7 @@ from pixstream.ingress.models import (
     OperationList,
     PresetList,
     PresetRequest,
+    RetryAccepted,
 )
 from pixstream.ingress.problems import CONTENT_TYPE as PROBLEM_TYPE
 from pixstream.ingress.problems import Problem
@@ -33,6 +34,7 @@ _MODELS: Final[list[tuple[type[BaseModel], JsonSchemaMode]]] = [
     (PresetRequest, "validation"),
     (JobAccepted, "serialization"),
     (JobView, "serialization"),
+    (RetryAccepted, "serialization"),
     (Problem, "serialization"),
     (OperationList, "serialization"),
     (PresetList, "serialization"),
@@ -163,12 +165,35 @@ def _paths() -> dict[str, Any]:
             "503": _problem("Too many streams open, or PostgreSQL is down.", retry_after=True),
         },
     }
+    retry_job = {
+        "operationId": "retryJob",
+        "summary": "Run a failed job's failed steps again, keeping its outputs that succeeded",
+        "description": "Re-runs only the failed outputs of a failed job, with the steps on "
+        "their paths, from its retained source; the outputs that succeeded stay as they are "
+        "(their objects are not written again). The job goes back to `processing` and ends "
+        "with one new terminal event (`pixstream.job.completed` or `pixstream.job.failed`, "
+        "its id naming the run: `<job>.r<run>.job.completed`) and one new webhook.",
+        "parameters": [job_id],
+        "responses": {
+            "202": {
+                "description": "Accepted: the job is processing again.",
+                "headers": {"Location": {"schema": {"type": "string"}}},
+                "content": _json(RetryAccepted),
+            },
+            "404": _problem("No such job (or another tenant's)."),
+            "409": _problem("The job is not failed (code `job_not_retryable`)."),
+            "410": _problem("The job's source is no longer retained (code `source_expired`)."),
+            "429": _problem("Over the per-client rate limit.", retry_after=True),
+            "503": _problem("PostgreSQL or S3 is down; nothing was accepted.", retry_after=True),
+        },
+    }
     text = {"text/plain": {"schema": {"type": "string"}}}
     html = {"text/html": {"schema": {"type": "string"}}}
     return {
         "/v1/jobs": {"post": _post_jobs()},
         "/v1/jobs/{job_id}": {"get": get_job},
         "/v1/jobs/{job_id}/events": {"get": job_events},
+        "/v1/jobs/{job_id}/retry": {"post": retry_job},
         "/v1/operations": {"get": _get("listOperations", "Operations and params", OperationList)},
         "/v1/presets": {"get": _get("listPresets", "Named specs", PresetList)},
         "/health": {

@@ -29,6 +29,8 @@ STATUS_BY_CODE: Final = {
     "bad_request": 400,
     "unauthorized": 401,
     "not_found": 404,
+    "job_not_retryable": 409,
+    "source_expired": 410,
     "too_large": 413,
     "unsupported_format": 415,
     "rate_limited": 429,
@@ -45,6 +47,12 @@ class NotFound(errors.PermanentError):
     """No such resource."""
 
     code = "not_found"
+
+
+class SourceExpired(errors.PermanentError):
+    """The job's source is no longer retained, so it cannot run again."""
+
+    code = "source_expired"
 
 
 class RateLimited(errors.PermanentError):

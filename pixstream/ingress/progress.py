@@ -88,7 +88,7 @@ async def _follow(
                 await resp.write(sse.frame(event.event_id, event.type, event.json))
                 last_write = time.monotonic()
                 cursor = event.seq
-                if event.terminal:
+                if event.terminal and not await _reopened(request, sub.job_id, event.seq):
                     done = True
                     break
         except DatabaseUnavailable as exc:  # the stream stays; the next wake-up reads again
@@ -112,6 +112,12 @@ async def _quiet(request: web.Request, sub: Subscription, seconds: float) -> boo
         if request.transport is None or request.transport.is_closing():
             raise ConnectionResetError("the client closed the stream")
     return False
+
+
+async def _reopened(request: web.Request, job_id: str, seq: int) -> bool:
+    """A retry follows the terminal event at `seq`: the stream goes on with the new run."""
+    async with translated(), request.app[POOL].acquire(timeout=DB_ACQUIRE_TIMEOUT) as conn:
+        return await job_events.retried_after(conn, job_id, seq)
 
 
 async def _start(request: web.Request, job_id: str) -> tuple[int, bool]:

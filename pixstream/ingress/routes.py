@@ -4,7 +4,8 @@ POST /v1/jobs is the only write: validate everything first, store the upload in 
 key of its own, so a retry overwrites nothing), then one short PostgreSQL transaction claims
 the idempotency key, inserts the row and queues job.requested in the outbox; the relay
 publishes it (`relay.py`). The 202 follows the commit, so it and the event are one fact: no
-503 hides a job that runs, and no connection is held across S3 or Kafka.
+503 hides a job that runs, and no connection is held across S3 or Kafka. POST
+/v1/jobs/{id}/retry is built the same way: checks first, then one transaction.
 """
 
 from __future__ import annotations
@@ -24,9 +25,17 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pixstream import netguard
-from pixstream.db import outbox, repository
+from pixstream.db import job_events, outbox, repository
 from pixstream.db.failures import DatabaseUnavailable, translated
-from pixstream.events import JOB_REQUESTED, JobRequested, MetadataOutput, SourceKey, make_event
+from pixstream.events import (
+    JOB_REQUESTED,
+    JOB_RETRIED,
+    JobRequested,
+    JobRetried,
+    MetadataOutput,
+    SourceKey,
+    make_event,
+)
 from pixstream.ingress import openapi
 from pixstream.ingress.admission import check_upload
 from pixstream.ingress.auth import Caller, Unauthorized, caller, check_spec_allowed
@@ -45,20 +54,22 @@ from pixstream.ingress.models import (
     PresetInfo,
     PresetList,
     Progress,
+    RetryAccepted,
     WebhookView,
 )
-from pixstream.ingress.problems import BadRequest, NotFound, RateLimited
+from pixstream.ingress.problems import BadRequest, NotFound, RateLimited, SourceExpired
 from pixstream.ingress.upload import Upload, read_upload
 from pixstream.metrics import UPLOAD_BYTES
 from pixstream.ops import catalogue
 from pixstream.ownership import request_digest, with_tenant
 from pixstream.plan import Plan
-from pixstream.spec import ID_PATTERN, JobSpec, parse_spec
+from pixstream.rerun import kept_outputs, rerun_steps
+from pixstream.spec import ID_PATTERN, JobSpec, StepSpec, parse_spec
 
 log = logging.getLogger(__name__)
 
 STATIC: Final = Path(str(resources.files("pixstream.ingress") / "static"))
-STATIC_FILES: Final = frozenset({"index.html", "app.js"})
+STATIC_FILES: Final = frozenset({"index.html", "app.js", "thumbhash.js"})
 #: Seconds to wait for a PostgreSQL connection from the pool before answering 503.
 DB_ACQUIRE_TIMEOUT: Final = 5.0
 LIST_LIMIT_DEFAULT: Final = 50
@@ -184,6 +195,74 @@ async def _accept(
         extra={"job_id": job_id, "format": upload.format, "tenant": who.tenant},
     )
     return job_id
+
+
+# -- POST /v1/jobs/{job_id}/retry ---------------------------------------------------------------
+async def retry_job(request: web.Request) -> web.Response:
+    """Run a failed job's failed outputs again (with the steps on their paths, `rerun.py`)
+    from its retained source, keeping the outputs that succeeded as they are. One transaction
+    opens the new run on the record, logs its job.retried for the event stream and queues the
+    same event in the outbox; the planner plans it from Kafka."""
+    app = request.app
+    settings = app[SETTINGS]
+    job = await find_job(request)  # 404 exactly as GET /v1/jobs/{id}: tenants stay apart
+    who = caller(request)
+    if wait := app[LIMITER].acquire(who.rate_key):  # a retry renders like a new job
+        raise RateLimited("too many jobs and retries per minute for this caller", retry_after=wait)
+    if job.status != repository.FAILED:
+        raise repository.NotRetryable(
+            f"job {job.job_id} is {job.status}: only a failed job can be retried"
+        )
+    source_key = await _retained_source(app, job, datetime.now(UTC))
+    steps = [StepSpec.model_validate(s) for s in job.spec.get("steps", [])]
+    made = job.outputs
+    kept = {sid: made[sid] for sid in kept_outputs(steps, made)}
+    rerun = rerun_steps(steps, kept) if steps else []
+    if not rerun:  # a job failed with every output made: nothing to run again
+        raise repository.NotRetryable(f"job {job.job_id} has no failed output to run again")
+    run = job.run + 1
+    retried = JobRetried(
+        job_id=job.job_id,
+        run=run,
+        steps=steps,
+        source_key=source_key,
+        outputs=kept,
+        webhook_url=job.webhook_url,
+    )
+    event = with_tenant(make_event(JOB_RETRIED, retried), job.tenant)
+    async with (
+        translated(),
+        app[POOL].acquire(timeout=DB_ACQUIRE_TIMEOUT) as conn,
+        conn.transaction(),
+    ):
+        # Raises NotRetryable when another retry (or anything else) moved the job since the
+        # read above: the row is locked here, so two retries cannot both open run `run`.
+        rerun_ids = {s.id for s in rerun}
+        await repository.open_run(conn, job.job_id, run, rerun_ids, event.time, retry=True)
+        await job_events.append(conn, job.job_id, event)
+        await outbox.add(conn, settings.topic("jobs"), job.job_id, event.to_bytes())
+    app[RELAY].wake()
+    log.info(
+        "job retried",
+        extra={"job_id": job.job_id, "run": run, "steps": len(rerun), "tenant": job.tenant},
+    )
+    location = f"/v1/jobs/{job.job_id}"
+    body = RetryAccepted(job_id=job.job_id, run=run, links=JobLinks(self_=location))
+    return _json(body, 202, headers={"Location": location})
+
+
+async def _retained_source(app: web.Application, job: repository.JobRecord, now: datetime) -> str:
+    """The job's source key while its object is retained, else SourceExpired."""
+    expires_at = job.created_at + timedelta(seconds=app[SETTINGS].retention_seconds)
+    if job.source_key is None:  # it failed before its source was ever stored
+        raise SourceExpired(f"job {job.job_id} has no stored source to run again from")
+    if now >= expires_at:
+        raise SourceExpired(
+            f"job {job.job_id} expired at {expires_at.isoformat()}: its source is not retained"
+        )
+    if not await app[STORAGE].exists(job.source_key):
+        raise SourceExpired(f"the source of job {job.job_id} is no longer stored")
+    return job.source_key
 
 
 # -- GET /v1/jobs/{job_id} ----------------------------------------------------------------------
@@ -338,6 +417,7 @@ def setup_routes(app: web.Application) -> None:
             web.post("/v1/jobs", post_job, name="post_job"),
             web.get("/v1/jobs", list_jobs, name="list_jobs"),
             web.get("/v1/jobs/{job_id}", get_job, name="get_job"),
+            web.post("/v1/jobs/{job_id}/retry", retry_job, name="retry_job"),
             web.get("/v1/operations", get_operations, name="operations"),
             web.get("/v1/presets", get_presets, name="presets"),
             web.get("/openapi.json", get_openapi, name="openapi"),

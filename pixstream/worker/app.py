@@ -21,6 +21,7 @@ from pixstream.events import (
     JOB_COMPLETED,
     JOB_FAILED,
     JOB_REQUESTED,
+    JOB_RETRIED,
     STEP_COMPLETED,
     STEP_FAILED,
 )
@@ -41,7 +42,9 @@ from pixstream.worker.tracker import track
 
 log = logging.getLogger(__name__)
 
-LIFECYCLE_TYPES = frozenset({JOB_REQUESTED, STEP_COMPLETED, STEP_FAILED, JOB_COMPLETED, JOB_FAILED})
+LIFECYCLE_TYPES = frozenset(
+    {JOB_REQUESTED, JOB_RETRIED, STEP_COMPLETED, STEP_FAILED, JOB_COMPLETED, JOB_FAILED}
+)
 
 
 class WorkerApp(faust.App):

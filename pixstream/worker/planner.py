@@ -5,30 +5,41 @@ whole DAG).
 
 The claim comes first: a request under the id of another job must not fail, announce or
 overwrite that job, so it is dead-lettered (`job_id_conflict`) before anything can answer
-for the id."""
+for the id.
+
+A retry (`pixstream.job.retried`, from `POST /v1/jobs/{id}/retry` through the outbox) is
+planned the same way: announced on the events topic first, so the tracker has opened the new
+run before any of its step results arrive (same key, same partition, in order), then one task
+with only the steps the retry runs (`rerun.rerun_steps`)."""
 
 from __future__ import annotations
 
 import json
 import logging
 import re
+from typing import cast
 
 from pixstream import errors, netguard, ownership
 from pixstream.db import repository
 from pixstream.events import (
     JOB_FAILED,
     JOB_REQUESTED,
+    JOB_RETRIED,
     TASK_REQUESTED,
     CloudEvent,
     ErrorInfo,
     JobFailed,
     JobRequested,
+    JobRetried,
+    MetadataOutput,
+    OutputInfo,
     SourceKey,
     TaskRequested,
     make_event,
 )
 from pixstream.plan import Plan
 from pixstream.redelivery import REDRIVE
+from pixstream.rerun import rerun_steps
 from pixstream.spec import ID_PATTERN, JobSpec, parse_spec
 from pixstream.worker.handling import Message, Route
 from pixstream.worker.resources import Resources
@@ -40,11 +51,20 @@ log = logging.getLogger(__name__)
 def route(res: Resources) -> Route:
     """The planner: job requests in, the job announced and its task sent."""
 
-    async def handle(message: Message[JobRequested]) -> None:
-        await plan_job(res, message)
+    async def handle(message: Message[JobRequested | JobRetried]) -> None:
+        if isinstance(message.data, JobRetried):
+            await plan_retry(res, cast(Message[JobRetried], message))
+        else:
+            await plan_job(res, cast(Message[JobRequested], message))
 
-    async def refuse(message: Message[JobRequested], exc: errors.PermanentError) -> None:
-        await _fail(res, message.data.job_id, message.data.webhook_url, exc)
+    async def refuse(
+        message: Message[JobRequested | JobRetried], exc: errors.PermanentError
+    ) -> None:
+        data = message.data
+        if isinstance(data, JobRetried):  # this run fails; what it kept stays listed
+            await _fail(res, data.job_id, data.webhook_url, exc, run=data.run, kept=data.outputs)
+        else:
+            await _fail(res, data.job_id, data.webhook_url, exc)
 
     async def refuse_invalid(event: CloudEvent, exc: errors.InvalidEvent) -> bool:
         job_id = _job_id_of(event)
@@ -55,17 +75,25 @@ def route(res: Resources) -> Route:
         await _fail(res, job_id, _webhook_of(event), exc)
         return True
 
-    return Route("planner", frozenset({JOB_REQUESTED}), handle, refuse, refuse_invalid)
+    return Route("planner", frozenset({JOB_REQUESTED, JOB_RETRIED}), handle, refuse, refuse_invalid)
 
 
 async def _fail(
-    res: Resources, job_id: str, webhook_url: str | None, exc: errors.PermanentError
+    res: Resources,
+    job_id: str,
+    webhook_url: str | None,
+    exc: errors.PermanentError,
+    *,
+    run: int = 0,
+    kept: dict[str, OutputInfo | MetadataOutput] | None = None,
 ) -> None:
     log.info("job refused: %s", exc.message, extra={"job_id": job_id, "code": exc.code})
     failed = JobFailed(
         job_id=job_id,
         errors=[ErrorInfo(step=None, code=exc.code, message=exc.message)],
+        outputs=kept or {},
         webhook_url=webhook_url,
+        run=run,
     )
     await res.emit(make_event(JOB_FAILED, failed), key=job_id)
 
@@ -94,6 +122,44 @@ async def plan_job(res: Resources, message: Message[JobRequested]) -> None:
     )
     log.info(
         "job planned", extra={"job_id": request.job_id, "op": first_op, "steps": len(spec.steps)}
+    )
+
+
+async def plan_retry(res: Resources, message: Message[JobRetried]) -> None:
+    """Announce a retry's run and send one task with the steps it re-runs. The ingress checked
+    the job and its source when it accepted the retry; the source may have gone since."""
+    retried, event = message.data, message.event
+    steps = rerun_steps(retried.steps, retried.outputs)
+    _check_readable(res, retried.source_key)
+    if steps and not await res.storage.exists(retried.source_key):
+        raise errors.SourceUnavailable(
+            f"source object {retried.source_key} no longer exists (past retention?)"
+        )
+    announced = ownership.with_tenant(
+        make_event(JOB_RETRIED, retried, source=event.source), ownership.tenant_of(event)
+    )
+    await res.emit(announced, key=retried.job_id)
+    if not steps:
+        # Every output is made (a re-drive of a run whose end was lost): the tracker ends the
+        # run, or says its end again, from the announcement alone.
+        return
+    plan = Plan.from_spec(JobSpec(steps=steps))
+    first_op = plan.steps[plan.order[0]].spec.op
+    task = TaskRequested(
+        job_id=retried.job_id,
+        source_key=retried.source_key,
+        steps=steps,
+        tenant=ownership.tenant_of(event),
+        run=retried.run,
+    )
+    await res.send(
+        res.settings.topic(f"op.{first_op}"),
+        make_event(TASK_REQUESTED, task).to_bytes(),
+        key=retried.job_id,
+    )
+    log.info(
+        "retry planned",
+        extra={"job_id": retried.job_id, "run": retried.run, "op": first_op, "steps": len(steps)},
     )
 
 
@@ -147,12 +213,7 @@ def _validated_spec(res: Resources, request: JobRequested) -> JobSpec:
 async def _source_object(res: Resources, request: JobRequested) -> str:
     """The key of the job's source in the bucket, fetching a `source.url` first."""
     if isinstance(request.source, SourceKey):
-        prefixes = res.settings.source_key_prefixes
-        if not request.source.key.startswith(tuple(prefixes)):
-            raise errors.SourceForbidden(
-                f"source.key {request.source.key!r} is outside the keys jobs may read "
-                f"(they start with {', '.join(repr(p) for p in prefixes)})"
-            )
+        _check_readable(res, request.source.key)
         if not await res.storage.exists(request.source.key):
             raise errors.SourceUnavailable(f"source object {request.source.key} does not exist")
         return request.source.key
@@ -171,6 +232,17 @@ async def _source_object(res: Resources, request: JobRequested) -> str:
 
     await res.write_db(record_key, what="recording the source key", job_id=request.job_id)
     return key
+
+
+def _check_readable(res: Resources, key: str) -> None:
+    """SourceForbidden unless jobs may read `key` (a retry is held to it too: a job refused
+    its source must not read it when retried)."""
+    prefixes = res.settings.source_key_prefixes
+    if not key.startswith(tuple(prefixes)):
+        raise errors.SourceForbidden(
+            f"source.key {key!r} is outside the keys jobs may read "
+            f"(they start with {', '.join(repr(p) for p in prefixes)})"
+        )
 
 
 def _job_id_of(event: CloudEvent) -> str | None:

@@ -11,7 +11,9 @@ retry tier, holds it), and no unreplayed dead letter carries its key (that one w
 
 A stalled job is sent through the pipeline again (everything is idempotent); after
 `max_redrives` it is failed with `stalled` by step failures on the events topic, so the
-tracker ends it (once) and drops whatever may still arrive for it.
+tracker ends it (once) and drops whatever may still arrive for it. A retried job (run > 0)
+is sent again as its run's job.retried, keeping every output recorded so far, and failed in
+that run: a job.requested would re-render the outputs the retry kept, in a run nobody counts.
 """
 
 from __future__ import annotations
@@ -32,8 +34,12 @@ from pixstream.db.failures import DatabaseUnavailable, translated
 from pixstream.dlq import read_dead_letters, replayed_ids
 from pixstream.events import (
     JOB_REQUESTED,
+    JOB_RETRIED,
+    OUTPUT,
     STEP_FAILED,
+    CloudEvent,
     JobRequested,
+    JobRetried,
     SourceKey,
     StepFailed,
     make_event,
@@ -42,6 +48,7 @@ from pixstream.ops import OPERATIONS
 from pixstream.ownership import with_tenant
 from pixstream.plan import Plan
 from pixstream.redelivery import REDRIVE, TIERS
+from pixstream.rerun import kept_outputs
 from pixstream.settings import Settings
 from pixstream.spec import JobSpec, StepSpec
 from pixstream.topics import load_topics
@@ -54,7 +61,7 @@ PERIOD_MAX_SECONDS: Final = 15.0
 
 SELECT_QUIET: Final = """
 SELECT job_id, spec::text AS spec, source_key, webhook_url, redrives, steps::text AS steps,
-       updated_at, tenant
+       updated_at, tenant, run
 FROM jobs
 WHERE status IN ('queued', 'processing') AND steps_total > 0
   AND updated_at < now() - make_interval(secs => $1)
@@ -179,11 +186,12 @@ class Reconciler(Service):
             webhook_url=job["webhook_url"],
             source=SourceKey(key=job["source_key"] or Plan.raw_key(job_id, "unknown")),
         )
+        run: int = job.get("run", 0)
+        announced = with_tenant(_request_of(job, request, run), job["tenant"])
         if redrives > res.settings.max_redrives or job["source_key"] is None:
             log.error("job stalled; failing it", extra=extra)
             # The tracker may never have heard of the job (its request is what was lost): it
             # learns the job first, then its outputs' failures, in order on one partition.
-            announced = with_tenant(make_event(JOB_REQUESTED, request), job["tenant"])
             await res.emit(announced, key=job_id)
             for step in unresolved_outputs(spec, json.loads(job["steps"])):
                 failed = StepFailed(
@@ -192,16 +200,38 @@ class Reconciler(Service):
                     op=step.op,
                     code=STALLED,
                     message="the job made no progress while nothing for it waited; given up",
+                    run=run,
                 )
                 await res.emit(make_event(STEP_FAILED, failed), key=job_id)
             return
         log.warning("job stalled; sending it through the pipeline again", extra=extra)
         await res.send(
             res.settings.topic("jobs"),
-            with_tenant(make_event(JOB_REQUESTED, request), job["tenant"]).to_bytes(),
+            announced.to_bytes(),
             key=job_id,
             headers=[(REDRIVE, str(redrives).encode())],
         )
+
+
+def _request_of(job: Mapping[str, Any], request: JobRequested, run: int) -> CloudEvent:
+    """What sends a stalled job through again: its request, or for a retried job its run's
+    job.retried keeping the outputs recorded so far (none of them is rendered again)."""
+    if run == 0:
+        return make_event(JOB_REQUESTED, request)
+    made = {
+        sid: OUTPUT.validate_python(entry["output"])
+        for sid, entry in json.loads(job["steps"]).items()
+        if entry.get("status") == "completed" and entry.get("output")
+    }
+    retried = JobRetried(
+        job_id=request.job_id,
+        run=run,
+        steps=request.steps,
+        source_key=job["source_key"] or Plan.raw_key(request.job_id, "unknown"),
+        outputs={sid: made[sid] for sid in kept_outputs(request.steps, made)},
+        webhook_url=request.webhook_url,
+    )
+    return make_event(JOB_RETRIED, retried)
 
 
 def group_topics(settings: Settings) -> list[str]:

@@ -64,6 +64,7 @@ def route(res: Resources, op: str) -> Route:
                         op=ops[sid],
                         code=exc.code,
                         message=exc.message,
+                        run=task.run,
                     ),
                 )
                 for sid in ops
@@ -151,6 +152,7 @@ async def render_task(res: Resources, message: Message[TaskRequested], op: str) 
                         op=step_op,
                         code=failure.code,
                         message=failure.message,
+                        run=task.run,
                     ),
                 )
             )
@@ -159,7 +161,11 @@ async def render_task(res: Resources, message: Message[TaskRequested], op: str) 
                 make_event(
                     STEP_COMPLETED,
                     StepCompleted(
-                        job_id=task.job_id, step=sid, op=step_op, output=outputs.get(sid)
+                        job_id=task.job_id,
+                        step=sid,
+                        op=step_op,
+                        output=outputs.get(sid),
+                        run=task.run,
                     ),
                 )
             )

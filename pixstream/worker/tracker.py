@@ -1,6 +1,6 @@
 """The tracker, the one stateful agent: a Faust table keyed by job id, co-partitioned with
 `<prefix>.events`, records finished steps, drops duplicates and emits exactly one terminal
-event per accepted job."""
+event per run of an accepted job (a retry, `pixstream.job.retried`, opens a new run)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Any
 from pixstream.events import (
     Data,
     JobRequested,
+    JobRetried,
     StepCompleted,
     StepFailed,
     make_event,
@@ -43,6 +44,9 @@ async def track(
             event_type, terminal = progress.outcome(data.job_id)
             await res.emit(make_event(event_type, terminal), key=data.job_id)
         return
+    if isinstance(data, JobRetried):
+        await _reopen(res, table, data, flush_changelog)
+        return
     if not isinstance(data, StepCompleted | StepFailed):
         return  # terminal events (ours or the planner's) need nothing more
 
@@ -66,3 +70,30 @@ async def track(
     await flush_changelog()
     await res.emit(make_event(event_type, terminal), key=data.job_id)
     log.info("job %s", event_type.rsplit(".", 1)[1], extra={"job_id": data.job_id})
+
+
+async def _reopen(
+    res: Resources,
+    table: Table,
+    retried: JobRetried,
+    flush_changelog: Callable[[], Awaitable[None]],
+) -> None:
+    """Start the retry's run; a redelivered retry of a run that already ended says its end
+    again (same deterministic id), as a repeated job.requested does."""
+    raw = table.get(retried.job_id)
+    known = JobProgress.model_validate(raw) if raw is not None else None
+    reopened = JobProgress.reopen(known, retried)
+    if reopened is None:
+        if known is not None and known.terminal and known.run == retried.run:
+            event_type, terminal = known.outcome(retried.job_id)
+            await res.emit(make_event(event_type, terminal), key=retried.job_id)
+        return
+    log.info("job reopened for run %d", retried.run, extra={"job_id": retried.job_id})
+    if not reopened.resolved:
+        table[retried.job_id] = reopened.to_json()
+        return
+    # Nothing left to run (every output kept): no step result will come to end the run.
+    event_type, terminal = reopened.finish(retried.job_id, time.time())
+    table[retried.job_id] = reopened.to_json()
+    await flush_changelog()
+    await res.emit(make_event(event_type, terminal), key=retried.job_id)

@@ -4,6 +4,7 @@ ingress and a real worker on loopback. The page follows jobs over the event stre
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import os
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestServer
 from PIL import Image
-from playwright.async_api import Browser, FilePayload, Page, async_playwright
+from playwright.async_api import Browser, FilePayload, Page, Route, async_playwright
 
 from pixstream.ingress import create_app
 from tests.e2e.conftest import Pipeline
@@ -129,3 +130,64 @@ async def test_a_bad_spec_shows_the_problem_detail(page: Page, base_url: str) ->
     message = page.locator("#message.error")
     await message.wait_for(timeout=WAIT_MS)
     assert "(422)" in await message.inner_text()
+
+
+async def test_an_analyze_output_shows_its_placeholder_while_the_preview_loads(
+    page: Page, base_url: str
+) -> None:
+    colour = (30, 120, 200)
+    buf = io.BytesIO()
+    Image.new("RGB", (300, 200), colour).save(buf, "PNG")
+    spec = {
+        "steps": [
+            {"id": "info", "op": "analyze", "params": {}},
+            {"id": "thumb", "op": "thumbnail", "params": {"size": 96}},
+        ]
+    }
+    # Hold the preview's download back until the placeholder has been seen in its place.
+    release = asyncio.Event()
+
+    async def held(route: Route) -> None:
+        await release.wait()
+        await route.continue_()
+
+    await page.route("**/processed/**", held)
+    await page.goto(base_url + "/")
+    await page.set_input_files(
+        "#file", files=FilePayload(name="blue.png", mimeType="image/png", buffer=buf.getvalue())
+    )
+    await page.fill("#spec", json.dumps(spec))
+    await page.click("#send")
+    await page.wait_for_selector("#message:has-text('Accepted')", timeout=WAIT_MS)
+    job_id = await page.get_attribute("#jobs .job >> nth=0", "data-job")
+    job = page.locator(f'[data-job="{job_id}"]')
+    await job.locator(".badge.completed").wait_for(timeout=WAIT_MS)
+
+    frame = job.locator(".preview-frame")
+    placeholder = frame.locator("img.placeholder")
+    await placeholder.wait_for(state="visible")
+    assert await frame.get_attribute("class") == "preview-frame loading"
+    assert (await placeholder.get_attribute("src") or "").startswith("data:image/png;base64,")
+    # The ThumbHash decoded in the page: its pixels are the image's colour.
+    mean = await placeholder.evaluate(
+        """(img) => {
+            const c = document.createElement("canvas");
+            c.width = img.naturalWidth; c.height = img.naturalHeight;
+            const ctx = c.getContext("2d");
+            ctx.drawImage(img, 0, 0);
+            const d = ctx.getImageData(0, 0, c.width, c.height).data;
+            const sum = [0, 0, 0];
+            for (let i = 0; i < d.length; i += 4) for (let k = 0; k < 3; k++) sum[k] += d[i + k];
+            return [img.naturalWidth, img.naturalHeight, ...sum.map((s) => s / (d.length / 4))];
+        }"""
+    )
+    width, height, *rgb = mean
+    assert (width, height) == (32, 23)  # a 3:2 image's ThumbHash keeps a 7:5 grid
+    assert all(abs(got - want) <= 12 for got, want in zip(rgb, colour, strict=True)), rgb
+
+    release.set()
+    await page.wait_for_function(
+        "(f) => f.classList.contains('loaded')", arg=await frame.element_handle(), timeout=WAIT_MS
+    )
+    assert not await placeholder.is_visible()
+    assert await frame.locator("img.preview").evaluate("(img) => img.naturalWidth") == 96

@@ -48,8 +48,9 @@ def test_every_topic_and_message_type_of_the_contract() -> None:
             _resolve(doc, ref["$ref"])["name"] for ref in channels[channel]["messages"].values()
         }
 
-    assert on("jobs") == {events.JOB_REQUESTED}
+    assert on("jobs") == {events.JOB_REQUESTED, events.JOB_RETRIED}
     assert on("events") == {
+        events.JOB_RETRIED,
         events.STEP_COMPLETED,
         events.STEP_FAILED,
         events.JOB_COMPLETED,

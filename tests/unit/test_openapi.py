@@ -21,6 +21,7 @@ def test_document_shape() -> None:
         "/v1/jobs",
         "/v1/jobs/{job_id}",
         "/v1/jobs/{job_id}/events",
+        "/v1/jobs/{job_id}/retry",
         "/v1/operations",
         "/v1/presets",
         "/openapi.json",
@@ -41,6 +42,15 @@ def test_the_event_stream_is_documented() -> None:
     assert "text/event-stream" in op["responses"]["200"]["content"]
     assert {"200", "404", "503"} == set(op["responses"])
     assert "Last-Event-ID" in {p["name"] for p in op["parameters"]}
+
+
+def test_the_retry_is_documented() -> None:
+    op = document()["paths"]["/v1/jobs/{job_id}/retry"]["post"]
+    assert set(op["responses"]) == {"202", "404", "409", "410", "429", "503"}
+    assert op["responses"]["202"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/RetryAccepted"
+    }
+    assert "RetryAccepted" in document()["components"]["schemas"]
 
 
 def test_every_reference_resolves() -> None:

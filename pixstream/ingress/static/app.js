@@ -75,6 +75,45 @@ function previewOf(outputs) {
   return best;
 }
 
+// The placeholder of a job: the ThumbHash of its analyze output (kind "metadata"), decoded
+// once per job by thumbhash.js into a data URL; null when the job has no such output.
+const placeholders = new Map(); // job id -> data URL
+function placeholderOf(id, outputs) {
+  if (placeholders.has(id)) return placeholders.get(id);
+  for (const out of Object.values(outputs)) {
+    if (out.kind !== "metadata" || !out.data || !out.data.thumbhash) continue;
+    const url = thumbHashDataURL(out.data.thumbhash);
+    if (url) {
+      placeholders.set(id, url);
+      return url;
+    }
+  }
+  return null;
+}
+
+// The preview, over its placeholder until the image has loaded (the placeholder alone for a
+// job with no image output).
+function previewFrame(preview, placeholder) {
+  const frame = el("div", { class: `preview-frame ${preview ? "loading" : "alone"}` });
+  if (placeholder) frame.append(el("img", { class: "placeholder", src: placeholder, alt: "", "aria-hidden": "true" }));
+  if (!preview) return frame;
+  const { step, out } = preview;
+  const img = el("img", {
+    class: "preview",
+    src: out.url,
+    alt: `preview: ${step}, ${out.width}×${out.height}`,
+    width: String(out.width),
+    height: String(out.height),
+    loading: "lazy",
+    decoding: "async",
+  });
+  const loaded = () => frame.classList.replace("loading", "loaded");
+  img.addEventListener("load", loaded);
+  if (img.complete && img.naturalWidth) loaded(); // a cached image is there at once
+  frame.append(img);
+  return frame;
+}
+
 // What the page knows: the record (GET) and, newer while the job runs, the stream's events.
 function statusOf(job) {
   const view = views.get(job.id);
@@ -127,20 +166,8 @@ function renderJob(job) {
   head.append(progressBar(status, Math.min(done, total), total));
   head.append(el("span", { class: "muted" }, `${Math.min(done, total)}/${total} steps`));
   const preview = previewOf(view.outputs);
-  if (preview) {
-    const { step, out } = preview;
-    box.append(
-      el("img", {
-        class: "preview",
-        src: out.url,
-        alt: `preview: ${step}, ${out.width}×${out.height}`,
-        width: String(out.width),
-        height: String(out.height),
-        loading: "lazy",
-        decoding: "async",
-      }),
-    );
-  }
+  const placeholder = placeholderOf(job.id, view.outputs);
+  if (preview || placeholder) box.append(previewFrame(preview, placeholder));
   const downloads = el("ul", { class: "outputs" });
   for (const [step, out] of Object.entries(view.outputs)) {
     if (!out.url) {
@@ -339,6 +366,7 @@ function init() {
     saveHistory([]);
     views.clear();
     live.clear();
+    placeholders.clear();
     render();
   });
   adoptLinkedJob();
