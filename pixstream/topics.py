@@ -16,6 +16,13 @@ from aiokafka.errors import for_code
 from pixstream.settings import Settings
 
 DEFAULT_FILE = Path(__file__).resolve().parents[1] / "topics" / "topics.toml"
+#: The worker's one Faust table (job progress, keyed like the events topic).
+TRACKER_TABLE = "jobs"
+
+
+def changelog_topic(settings: Settings, table: str = TRACKER_TABLE) -> str:
+    """Faust's name for a table's changelog topic."""
+    return f"{settings.app_id}-{table}-changelog"
 
 
 @dataclass(frozen=True)
@@ -51,7 +58,20 @@ def load_topics(settings: Settings, path: Path | None = None) -> list[TopicConfi
                 config={k: str(v) for k, v in config.items()},
             )
         )
-    return topics
+    return [*topics, _tracker_changelog(settings, topics)]
+
+
+def _tracker_changelog(settings: Settings, topics: Sequence[TopicConfig]) -> TopicConfig:
+    # Declared here rather than left to Faust: a worker that creates it at its first
+    # assignment can read the new topic's metadata before every partition has a leader, see
+    # fewer partitions than the events topic and stop with PartitionsMismatch.
+    (events,) = (t for t in topics if t.name == settings.topic("events"))
+    return TopicConfig(
+        name=changelog_topic(settings),
+        partitions=events.partitions,
+        replication=events.replication,
+        config={"cleanup.policy": "compact"},
+    )
 
 
 async def apply_topics(

@@ -28,7 +28,7 @@ from pixstream.events import (
 from pixstream.ops import OPERATIONS
 from pixstream.redelivery import ORIGIN_TOPIC, TIERS, Record
 from pixstream.settings import Settings
-from pixstream.topics import load_topics
+from pixstream.topics import TRACKER_TABLE, load_topics
 from pixstream.worker import planner, steps
 from pixstream.worker.commits import LedgerConsumer, LedgerTransport
 from pixstream.worker.handling import Message, Route, deliver
@@ -137,7 +137,7 @@ def build_app(settings: Settings, ops: Sequence[str] | None = None) -> faust.App
         routed(topic(f"op.{op}"), steps.route(res, op), settings.worker_concurrency)
 
     jobs = app.Table(
-        "jobs",
+        TRACKER_TABLE,
         default=None,
         partitions=partitions[settings.topic("events")],
         key_type=str,
