@@ -221,7 +221,7 @@ def worker(settings: Settings, ops: str | None, processes: int) -> None:
 
     selected = [o.strip() for o in ops.split(",") if o.strip()] if ops else None
     if processes > 1:
-        sys.exit(supervise(processes, sys.argv[1:]))
+        sys.exit(supervise(settings, processes, sys.argv[1:]))
     run_worker(settings, selected)
 
 

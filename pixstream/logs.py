@@ -1,7 +1,9 @@
 """Logging setup, done once by the CLI: human text by default, one JSON object a line on demand.
 
 Modules log with `logging.getLogger(__name__)` and put machine fields in `extra=` (job_id,
-step, op, attempt); the JSON formatter keeps them as keys.
+step, op, attempt); the JSON formatter keeps them as keys. A warning repeated from one place
+(aiokafka logs every failed connect: ~70 lines/s once Kafka is gone) is let through once per
+`REPEAT_SECONDS`, with the count of those held back in `repeated`.
 """
 
 from __future__ import annotations
@@ -9,7 +11,17 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Final
+
+#: A warning (or worse) repeated from one call site passes once per this many seconds.
+REPEAT_SECONDS: Final = 10.0
+#: Call sites remembered; past it the memory starts afresh (messages built without a template
+#: would otherwise grow it without end).
+_MAX_SITES: Final = 1024
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
@@ -37,8 +49,40 @@ class TextFormatter(logging.Formatter):
         return text
 
 
+class RepeatLimiter(logging.Filter):
+    """Pass a warning or worse from one call site (logger, level, message template) once per
+    `interval` seconds; the next one to pass says how many were held back (`repeated`)."""
+
+    def __init__(
+        self, interval: float = REPEAT_SECONDS, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        super().__init__()
+        self.interval = interval
+        self.clock = clock
+        self._sites: dict[tuple[str, int, str], tuple[float, int]] = {}
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        site = (record.name, record.levelno, str(record.msg))
+        now = self.clock()
+        with self._lock:
+            last = self._sites.get(site)
+            if last is not None and now - last[0] < self.interval:
+                self._sites[site] = (last[0], last[1] + 1)
+                return False
+            if len(self._sites) >= _MAX_SITES:
+                self._sites.clear()
+            self._sites[site] = (now, 0)
+        if last is not None and last[1]:
+            record.repeated = last[1]
+        return True
+
+
 def configure(level: str = "INFO", *, json_output: bool = False) -> None:
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RepeatLimiter())
     handler.setFormatter(
         JsonFormatter()
         if json_output

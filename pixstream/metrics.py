@@ -1,7 +1,9 @@
 """Prometheus metrics of the ingress and the worker, on the default registry.
 
 Defined once at import (a collector may be registered only once per process); the ingress
-serves them at GET /metrics, the worker updates its own and exposes them the same way.
+serves them at GET /metrics, the worker updates its own and exposes them the same way. Workers
+under a supervisor run in prometheus_client's multiprocess mode (`worker/run.py`): counters and
+histograms are summed over the processes, and each worker gauge says how it combines.
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ CONSUMER_LAG: Final = Gauge(
     "pixstream_consumer_lag",
     "Messages not yet consumed by the worker's group, by topic.",
     ["topic"],
+    multiprocess_mode="livemostrecent",  # every process measures the same group
 )
 WEBHOOK_DELIVERIES: Final = Counter(
     "pixstream_webhook_deliveries_total",
@@ -81,16 +84,24 @@ BREAKER_OPEN: Final = Gauge(
     "pixstream_webhook_breaker_open",
     "1 while the circuit breaker of a webhook destination host is open.",
     ["host"],
+    multiprocess_mode="livemax",
 )
 COMMIT_HELD_SECONDS: Final = Gauge(
     "pixstream_commit_held_seconds",
     "Seconds a partition's commit has waited on one unhandled message while later ones are "
     "done (0 when it moves freely), by topic and partition.",
     ["topic", "partition"],
+    multiprocess_mode="livemax",
 )
 TRACKER_JOBS: Final = Gauge(
     "pixstream_tracker_jobs",
     "Jobs in this process's copy of the tracker's table (ended ones are pruned).",
+    multiprocess_mode="liveall",  # copies overlap (standbys): one series per process
+)
+WORKER_UP: Final = Gauge(
+    "pixstream_worker_up",
+    "1 per live worker process (by pid under a supervisor).",
+    multiprocess_mode="liveall",
 )
 REREADS: Final = Counter(
     "pixstream_rereads_total",

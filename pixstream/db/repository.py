@@ -269,51 +269,59 @@ async def open_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> Async
 
 
 # -- the ingress's writes ---------------------------------------------------------------------
-async def create_job(
-    conn: Any,
-    *,
-    job_id: str,
-    spec_json: str,
-    steps_total: int,
-    source_key: str | None,
-    webhook_url: str | None,
-    tenant: str,
-    request_hash: str,
-) -> None:
+@dataclass(frozen=True)
+class NewJob:
+    """A queued job's row as its request makes it: what the ingress inserts and the planner
+    claims the id with. `request_hash` is `ownership.request_digest` of its job.requested."""
+
+    job_id: str
+    spec_json: str
+    steps_total: int
+    source_key: str | None
+    webhook_url: str | None
+    tenant: str
+    request_hash: str
+
+    @classmethod
+    def requested(cls, data: JobRequested, tenant: str, request_hash: str) -> NewJob:
+        """The row of a job.requested that reaches the planner (the worker's stored spec is
+        its steps and webhook_url, as the recorder writes it)."""
+        return cls(
+            job_id=data.job_id,
+            spec_json=_requested_spec(data),
+            steps_total=len(data.steps),
+            source_key=data.source.key if isinstance(data.source, SourceKey) else None,
+            webhook_url=data.webhook_url,
+            tenant=tenant,
+            request_hash=request_hash,
+        )
+
+    def params(self) -> tuple[Any, ...]:
+        """The row's values, in the order INSERT_JOB and CLAIM_JOB_ID take them ($1 to $7)."""
+        return (
+            self.job_id,
+            self.steps_total,
+            self.spec_json,
+            self.source_key,
+            self.webhook_url,
+            self.tenant,
+            self.request_hash,
+        )
+
+
+async def create_job(conn: Any, job: NewJob) -> None:
     """Insert a queued job; the planner's and the recorder's later job.requested for it then
-    change nothing. `request_hash` is `ownership.request_digest` of its job.requested."""
-    await conn.execute(
-        INSERT_JOB, job_id, steps_total, spec_json, source_key, webhook_url, tenant, request_hash
-    )
+    change nothing."""
+    await conn.execute(INSERT_JOB, *job.params())
 
 
-async def claim_job_id(
-    conn: Any,
-    *,
-    job_id: str,
-    spec_json: str,
-    steps_total: int,
-    source_key: str | None,
-    webhook_url: str | None,
-    tenant: str,
-    request_hash: str,
-    time: datetime,
-) -> bool:
-    """Make the job's row for the request `request_hash` unless it exists: True when the id is
-    this request's (new, or the same request again), False when another request holds it."""
-    await conn.execute(
-        CLAIM_JOB_ID,
-        job_id,
-        steps_total,
-        spec_json,
-        source_key,
-        webhook_url,
-        tenant,
-        request_hash,
-        time,
-    )
-    owner = await conn.fetchval(SELECT_REQUEST_HASH, job_id)
-    return owner is None or owner == request_hash
+async def claim_job_id(conn: Any, job: NewJob, time: datetime) -> bool:
+    """Make the job's row for the request `job.request_hash` unless it exists: True when the
+    id is this request's (new, or the same request again), False when another request holds
+    it."""
+    await conn.execute(CLAIM_JOB_ID, *job.params(), time)
+    owner = await conn.fetchval(SELECT_REQUEST_HASH, job.job_id)
+    return owner is None or owner == job.request_hash
 
 
 async def set_source_key(conn: Any, job_id: str, key: str) -> None:
@@ -553,17 +561,22 @@ async def apply_event(conn: Any, event: CloudEvent) -> None:
 
 
 async def _record_requested(conn: Any, data: JobRequested, time: datetime, tenant: str) -> None:
-    spec: dict[str, Any] = {"steps": [s.model_dump(mode="json") for s in data.steps]}
-    if data.webhook_url is not None:
-        spec["webhook_url"] = data.webhook_url
     source_key = data.source.key if isinstance(data.source, SourceKey) else None
     await conn.execute(
         RECORD_REQUESTED,
         data.job_id,
         len(data.steps),
-        json.dumps(spec),
+        _requested_spec(data),
         source_key,
         data.webhook_url,
         time,
         tenant,
     )
+
+
+def _requested_spec(data: JobRequested) -> str:
+    """The stored spec of a job.requested: its steps, and its webhook_url when it has one."""
+    spec: dict[str, Any] = {"steps": [s.model_dump(mode="json") for s in data.steps]}
+    if data.webhook_url is not None:
+        spec["webhook_url"] = data.webhook_url
+    return json.dumps(spec)

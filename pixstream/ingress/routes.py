@@ -177,8 +177,7 @@ async def _accept(
             )
             if not created:  # a concurrent duplicate committed first
                 return claimed
-        await repository.create_job(
-            conn,
+        row = repository.NewJob(
             job_id=job_id,
             spec_json=canonical,
             steps_total=len(spec.steps),
@@ -187,6 +186,7 @@ async def _accept(
             tenant=who.tenant,
             request_hash=request_digest(event),
         )
+        await repository.create_job(conn, row)
         await outbox.add(conn, app[SETTINGS].topic("jobs"), job_id, event.to_bytes())
     app[RELAY].wake()
     UPLOAD_BYTES.observe(len(upload.data))

@@ -14,7 +14,6 @@ with only the steps the retry runs (`rerun.rerun_steps`)."""
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from typing import cast
@@ -166,23 +165,10 @@ async def plan_retry(res: Resources, message: Message[JobRetried]) -> None:
 async def _claim_job_id(res: Resources, message: Message[JobRequested], tenant: str) -> None:
     """The job id is this request's from now on, or JobIdConflict."""
     request = message.data
-    spec: dict[str, object] = {"steps": [s.model_dump(mode="json") for s in request.steps]}
-    if request.webhook_url is not None:
-        spec["webhook_url"] = request.webhook_url
-    digest = ownership.request_digest(message.event)
+    row = repository.NewJob.requested(request, tenant, ownership.request_digest(message.event))
 
     async def claim(conn: object) -> bool:
-        return await repository.claim_job_id(
-            conn,
-            job_id=request.job_id,
-            spec_json=json.dumps(spec),
-            steps_total=len(request.steps),
-            source_key=request.source.key if isinstance(request.source, SourceKey) else None,
-            webhook_url=request.webhook_url,
-            tenant=tenant,
-            request_hash=digest,
-            time=message.event.time,
-        )
+        return await repository.claim_job_id(conn, row, message.event.time)
 
     ours = await res.write_db(claim, what="claiming the job id", job_id=request.job_id)
     if not ours:

@@ -16,13 +16,14 @@ import logging
 import multiprocessing
 import os
 import resource
+import signal
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from types import TracebackType
 from typing import Final, TypeVar
 
-from pixstream import errors
+from pixstream import children, errors
 from pixstream.plan import Plan
 from pixstream.render import Rendered, render
 from pixstream.settings import Settings
@@ -142,8 +143,8 @@ class RenderPool:
         executor = ProcessPoolExecutor(
             max_workers=1,
             mp_context=self._context,
-            initializer=_limit_address_space,
-            initargs=(self.memory_limit_bytes,),
+            initializer=_start_child,
+            initargs=(self.memory_limit_bytes, os.getpid()),
             max_tasks_per_child=self.tasks_per_child,
         )
         self._all.add(executor)
@@ -163,6 +164,16 @@ def _kill_children(executor: ProcessPoolExecutor) -> None:
     for process in list(processes.values()):
         with contextlib.suppress(ProcessLookupError, ValueError):
             process.kill()
+
+
+def _start_child(limit: int, worker: int) -> None:
+    # The child ends the moment its worker does (even SIGKILLed), idle or mid-render: its
+    # parent is the forkserver, which outlives the worker while any child holds it open, so
+    # the child watches the worker itself. SIGINT (Ctrl-C reaches a terminal's whole group)
+    # is the worker's to handle.
+    children.end_with(worker)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _limit_address_space(limit)
 
 
 def _limit_address_space(limit: int) -> None:

@@ -239,8 +239,7 @@ async def test_other_event_types_are_ignored(conn: Any) -> None:
 
 async def test_create_job_then_its_job_requested_changes_nothing(conn: Any) -> None:
     ev = Events()
-    await repository.create_job(
-        conn,
+    job = repository.NewJob(
         job_id=ev.job_id,
         spec_json='{"steps": [{"id": "web", "op": "resize", "params": {"width": 64}}]}',
         steps_total=1,
@@ -249,6 +248,7 @@ async def test_create_job_then_its_job_requested_changes_nothing(conn: Any) -> N
         tenant="anonymous",
         request_hash="h",
     )
+    await repository.create_job(conn, job)
     before = await row(conn, ev.job_id)
     await apply_event(conn, ev.requested())
     assert await row(conn, ev.job_id) == before
@@ -358,8 +358,7 @@ async def test_idempotency_keys_are_per_tenant_and_a_reuse_names_no_job(conn: An
 
 
 async def _claim(conn: Any, job_id: str, digest: str, tenant: str = "acme") -> bool:
-    return await repository.claim_job_id(
-        conn,
+    job = repository.NewJob(
         job_id=job_id,
         spec_json='{"steps": [{"id": "t", "op": "thumbnail", "params": {"size": 8}}]}',
         steps_total=1,
@@ -367,8 +366,8 @@ async def _claim(conn: Any, job_id: str, digest: str, tenant: str = "acme") -> b
         webhook_url=None,
         tenant=tenant,
         request_hash=digest,
-        time=datetime.now(UTC),
     )
+    return await repository.claim_job_id(conn, job, datetime.now(UTC))
 
 
 async def test_a_job_id_is_claimed_once_and_the_same_request_may_claim_it_again(
