@@ -166,6 +166,9 @@ def dev(settings: Settings, processes: int) -> None:
 @click.option("--json", "json_output", is_flag=True, help="Print the results as JSON.")
 @click.option("--url", "base_url", help="The ingress (default: from PIXSTREAM_HTTP_*).")
 @click.option("--api-key", envvar="PIXSTREAM_API_KEY", help="Act as this key's tenant.")
+@click.option("--priority", type=click.Choice(["interactive", "batch"]),
+              help="batch: taken only while interactive work has nothing waiting "
+                   "(default: the spec's, else interactive).")  # fmt: skip
 @click.pass_obj
 def submit(
     settings: Settings,
@@ -178,6 +181,7 @@ def submit(
     json_output: bool,
     base_url: str | None,
     api_key: str | None,
+    priority: str | None,
 ) -> None:
     """Submit images (files, folders of images, globs) with a spec, show live progress,
     download the outputs; a bad file is reported and the others go on."""
@@ -186,6 +190,8 @@ def submit(
     url = base_url or f"http://{settings.http_host}:{settings.http_port}"
     try:
         spec = submitting.load_spec(spec_file, preset)
+        if priority is not None:
+            spec = {**spec, "priority": priority}
         code = submitting.run(url, paths, spec, concurrency=concurrency,
                               wait=wait or out is not None, out=out,
                               json_output=json_output, api_key=api_key)  # fmt: skip

@@ -26,7 +26,7 @@ from pydantic import (
 from pixstream import errors
 from pixstream.ops.analysis import Analysis
 from pixstream.ops.operation import describe_errors
-from pixstream.spec import ID_PATTERN, StepSpec
+from pixstream.spec import ID_PATTERN, INTERACTIVE, Priority, StepSpec
 
 JOB_REQUESTED: Final = "pixstream.job.requested"
 STEP_COMPLETED: Final = "pixstream.step.completed"
@@ -131,6 +131,12 @@ class JobRequested(Data):
     steps: list[StepSpec] = Field(min_length=1)
     webhook_url: str | None = None
     source: SourceRef
+    priority: Priority = Field(
+        default=INTERACTIVE,
+        exclude_if=lambda v: v == INTERACTIVE,  # absent when interactive: requests as before v2
+        description="`batch`: its task waits on `<prefix>.op.<op>.batch`, consumed only while "
+        "the interactive op topics have nothing waiting.",
+    )
 
 
 class TaskRequested(Data):

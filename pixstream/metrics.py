@@ -69,6 +69,17 @@ DEAD_LETTERS: Final = Counter(
     "Messages dead-lettered, by original topic and error class.",
     ["topic", "error"],
 )
+LANE_LAG: Final = Gauge(
+    "pixstream_lane_lag",
+    "Messages not yet consumed by the worker's group on the op topics, by lane (interactive: "
+    "pixstream.op.<op>; batch: pixstream.op.<op>.batch).",
+    ["lane"],
+)
+LANE_PAUSED: Final = Gauge(
+    "pixstream_lane_paused",
+    "1 while this worker holds its batch lane back (interactive work in flight or waiting).",
+    ["lane"],
+)
 CONSUMER_LAG: Final = Gauge(
     "pixstream_consumer_lag",
     "Messages not yet consumed by the worker's group, by topic.",

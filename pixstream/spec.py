@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Annotated, Any
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -16,6 +16,9 @@ from pixstream import errors
 from pixstream.ops import OPERATIONS
 
 SOURCE = "source"
+INTERACTIVE: Final = "interactive"
+BATCH: Final = "batch"
+Priority = Literal["interactive", "batch"]
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 StepId = Annotated[str, Field(pattern=ID_PATTERN)]
 
@@ -45,6 +48,11 @@ class JobSpec(BaseModel):
 
     steps: list[StepSpec] = Field(min_length=1)
     webhook_url: str | None = Field(default=None, max_length=2048)
+    priority: Priority = Field(
+        default=INTERACTIVE,
+        description="`batch` work waits on topics of its own, taken only while the "
+        "interactive ones have nothing waiting (backfills never delay new uploads).",
+    )
 
 
 def loads(data: bytes) -> object:
@@ -139,7 +147,7 @@ def find_cycle(inputs: Mapping[str, str]) -> list[str]:
 
 
 def _expand_preset(raw: Mapping[str, Any], presets: Mapping[str, Mapping[str, Any]]) -> object:
-    extra = set(raw) - {"preset", "webhook_url"}
+    extra = set(raw) - {"preset", "webhook_url", "priority"}
     if extra:
         raise errors.InvalidSpec(
             f"{', '.join(sorted(extra))}: not allowed with 'preset' (a preset names the steps)"
@@ -151,6 +159,8 @@ def _expand_preset(raw: Mapping[str, Any], presets: Mapping[str, Mapping[str, An
     expanded = dict(presets[name])
     if raw.get("webhook_url") is not None:
         expanded["webhook_url"] = raw["webhook_url"]
+    if "priority" in raw:
+        expanded["priority"] = raw["priority"]
     return expanded
 
 

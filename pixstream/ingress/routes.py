@@ -152,6 +152,7 @@ async def _accept(
                 steps=list(spec.steps),
                 webhook_url=spec.webhook_url,
                 source=SourceKey(key=key),
+                priority=spec.priority,
             ),
         ),
         who.tenant,

@@ -28,11 +28,13 @@ from pixstream.events import (
 from pixstream.ops import OPERATIONS
 from pixstream.redelivery import ORIGIN_TOPIC, TIERS, Record
 from pixstream.settings import Settings
+from pixstream.spec import BATCH, INTERACTIVE
 from pixstream.topics import TRACKER_TABLE, load_topics
 from pixstream.worker import planner, steps
 from pixstream.worker.commits import LedgerConsumer, LedgerTransport
 from pixstream.worker.handling import Message, Route, deliver
 from pixstream.worker.lag import LagMonitor
+from pixstream.worker.lanes import GiveWay, Lanes, op_topic
 from pixstream.worker.notifier import Deliveries, notify
 from pixstream.worker.pruning import Pruner, TablePruner
 from pixstream.worker.reconciler import Reconciler
@@ -111,7 +113,7 @@ def build_app(settings: Settings, ops: Sequence[str] | None = None) -> faust.App
                 consumer.taken(message)
                 try:
                     await handle(_record(event))
-                except Deferred:
+                except (Deferred, GiveWay):
                     consumer.given_back(message)  # read again after the rebalance
                     continue
                 except Exception:
@@ -133,8 +135,26 @@ def build_app(settings: Settings, ops: Sequence[str] | None = None) -> faust.App
     # Concurrent like the op agents: a request stuck on a hung S3 must not hold every
     # request behind it on the partition (the ledger keeps the commit behind the slow one).
     routed(topic("jobs"), planner.route(res), settings.worker_concurrency)
-    for op in sorted(ops if ops is not None else OPERATIONS):
-        routed(topic(f"op.{op}"), steps.route(res, op), settings.worker_concurrency)
+    chosen = sorted(ops if ops is not None else OPERATIONS)
+    # Priority lanes: each op's batch topic is taken only while the interactive ones are idle.
+    lanes = Lanes(
+        app,
+        [settings.topic(op_topic(op, INTERACTIVE)) for op in chosen],
+        [settings.topic(op_topic(op, BATCH)) for op in chosen],
+        lambda: res.stopping,
+        loop=res.loop,
+    )
+    app.add_dependency(lanes)
+    for op in chosen:
+        interactive = lanes.interactive(steps.route(res, op))
+        routed(topic(op_topic(op, INTERACTIVE)), interactive, settings.worker_concurrency)
+        batch = steps.route(res, op)
+        agent(
+            topic(op_topic(op, BATCH)),
+            f"{batch.name}-batch",
+            in_turn(lanes, batch, res),
+            settings.worker_concurrency,
+        )
 
     jobs = app.Table(
         TRACKER_TABLE,
@@ -168,6 +188,15 @@ def build_app(settings: Settings, ops: Sequence[str] | None = None) -> faust.App
     app.add_dependency(Reconciler(res, loop=res.loop))
     app.add_dependency(Pruner(res, loop=res.loop))
     return app
+
+
+def in_turn(lanes: Lanes, route: Route, res: Resources) -> Callable[[Record], Awaitable[None]]:
+    """A batch agent's handler: `route`'s delivery, in the worker's batch turn."""
+
+    async def handle(record: Record) -> None:
+        await lanes.batch(lambda: deliver(route, record, res))
+
+    return handle
 
 
 class Deferred(Exception):

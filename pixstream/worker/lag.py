@@ -14,6 +14,7 @@ from mode import Service
 
 from pixstream import metrics
 from pixstream.settings import Settings
+from pixstream.worker.lanes import lane_of
 
 log = logging.getLogger(__name__)
 INTERVAL_SECONDS = 15.0
@@ -32,6 +33,15 @@ async def group_lag(
     for tp in partitions:
         lag[tp.topic] += max(0, ends[tp] - committed[tp].offset)
     return dict(lag)
+
+
+def lane_lag(lag: dict[str, int], topics: Sequence[str]) -> dict[str, int]:
+    """The op topics' lag summed per lane (`interactive`, `batch`)."""
+    lanes = {"interactive": 0, "batch": 0}
+    for topic in topics:
+        if (lane := lane_of(topic)) is not None:
+            lanes[lane] += lag.get(topic, 0)
+    return lanes
 
 
 class LagMonitor(Service):
@@ -56,6 +66,8 @@ class LagMonitor(Service):
                     lag = await group_lag(admin, consumer, self.settings.app_id, self.topics)
                     for topic in self.topics:
                         metrics.CONSUMER_LAG.labels(topic=topic).set(lag.get(topic, 0))
+                    for lane, total in lane_lag(lag, self.topics).items():
+                        metrics.LANE_LAG.labels(lane=lane).set(total)
                 except KafkaError as exc:
                     log.warning("consumer lag not measured: %s", exc)
                 await self.sleep(INTERVAL_SECONDS)

@@ -41,6 +41,7 @@ from pixstream.redelivery import REDRIVE
 from pixstream.rerun import rerun_steps
 from pixstream.spec import ID_PATTERN, JobSpec, parse_spec
 from pixstream.worker.handling import Message, Route
+from pixstream.worker.lanes import op_topic
 from pixstream.worker.resources import Resources
 from pixstream.worker.source import fetch_source, source_key
 
@@ -115,7 +116,7 @@ async def plan_job(res: Resources, message: Message[JobRequested]) -> None:
     first_op = plan.steps[plan.order[0]].spec.op
     task = TaskRequested(job_id=request.job_id, source_key=key, steps=spec.steps, tenant=tenant)
     await res.send(
-        res.settings.topic(f"op.{first_op}"),
+        res.settings.topic(op_topic(first_op, spec.priority)),
         make_event(TASK_REQUESTED, task).to_bytes(),
         key=request.job_id,
     )
@@ -187,7 +188,11 @@ async def _exists(res: Resources, job_id: str) -> bool:
 
 def _validated_spec(res: Resources, request: JobRequested) -> JobSpec:
     spec = parse_spec(
-        {"steps": [s.model_dump() for s in request.steps], "webhook_url": request.webhook_url},
+        {
+            "steps": [s.model_dump() for s in request.steps],
+            "webhook_url": request.webhook_url,
+            "priority": request.priority,
+        },
         presets={},
         max_steps=res.settings.max_steps,
     )

@@ -236,5 +236,6 @@ def _request_of(job: Mapping[str, Any], request: JobRequested, run: int) -> Clou
 
 def group_topics(settings: Settings) -> list[str]:
     """Every topic the worker's group consumes, whatever `--ops` one process runs."""
-    names = ["jobs", "events", *(f"op.{op}" for op in OPERATIONS), *(t.name for t in TIERS)]
+    ops = [f"op.{op}{lane}" for op in OPERATIONS for lane in ("", ".batch")]
+    names = ["jobs", "events", *ops, *(t.name for t in TIERS)]
     return [settings.topic(n) for n in names]

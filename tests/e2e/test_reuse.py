@@ -135,6 +135,7 @@ async def test_identical_jobs_in_flight_together_render_once(reuse: tuple[Pipeli
     assert await renders(port) == before + 1
     # One job rendered (whichever claimed first); the others copied its outputs, whether they
     # waited on its claim or came after it.
-    (origin,) = [j for j, o in zip(jobs, outputs, strict=True) if o["webp"].get("reused_from") is None]
-    copies = [o for j, o in zip(jobs, outputs, strict=True) if j != origin]
+    pairs = list(zip(jobs, outputs, strict=True))
+    (origin,) = [j for j, o in pairs if o["webp"].get("reused_from") is None]
+    copies = [o for j, o in pairs if j != origin]
     assert {out["reused_from"] for o in copies for out in o.values()} == {origin}

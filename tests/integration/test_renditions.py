@@ -14,8 +14,8 @@ from pixstream.db import renditions
 
 pytestmark = pytest.mark.postgres
 
-OUTPUT: dict[str, Any] = {"kind": "image", "key": "processed/j1/web.jpg", "format": "jpeg", "width": 8,
-          "height": 8, "bytes": 100}  # fmt: skip
+OUTPUT: dict[str, Any] = {"kind": "image", "key": "processed/j1/web.jpg", "format": "jpeg",
+                          "width": 8, "height": 8, "bytes": 100}  # fmt: skip
 
 
 def key(tenant: str = "acme", chain: str = "c1") -> ContentKey:

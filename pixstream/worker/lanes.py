@@ -1,0 +1,144 @@
+"""Priority lanes: `"priority": "batch"` tasks wait on `<prefix>.op.<op>.batch` and are taken
+only while this worker's interactive op topics have nothing waiting, so a backfill never
+delays a new upload by more than one task per worker.
+
+Two mechanisms, one for throughput and one for the bound:
+- `Lanes` looks at the interactive op partitions this worker holds every STEER_SECONDS:
+  while one has a task in flight or a message on the broker past the consumer's position,
+  the batch partitions are paused in the consumer (nothing more is fetched for them),
+  otherwise resumed. Faust pauses and resumes partitions itself around rebalances and
+  recoveries, so the state is asserted again on every tick rather than set once.
+- `batch_turn` is the gate every batch task passes before it is handled: one batch task
+  per worker at a time, and only while the interactive lane is idle. Messages fetched before
+  a pause wait there instead of running, so an interactive task that arrives while a batch
+  task runs waits for that one task at most (and the render pool keeps a slot free for it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
+from typing import Any, Final
+
+from mode import Service
+
+from pixstream import metrics
+from pixstream.spec import BATCH
+from pixstream.worker.handling import Message, Route
+
+log = logging.getLogger(__name__)
+
+STEER_SECONDS: Final = 0.05
+BATCH_SUFFIX: Final = ".batch"
+
+
+def op_topic(op: str, priority: str) -> str:
+    """The op topic (relative name) a task of this priority waits on."""
+    return f"op.{op}{BATCH_SUFFIX}" if priority == BATCH else f"op.{op}"
+
+
+def lane_of(topic: str) -> str | None:
+    """`interactive` or `batch` for an op topic (full name), None for any other topic."""
+    if ".op." not in topic:
+        return None
+    return "batch" if topic.endswith(BATCH_SUFFIX) else "interactive"
+
+
+class GiveWay(Exception):
+    """A batch task waiting for its turn gives way to a rebalance or a shutdown: it is not
+    handled now, and is read again by whoever holds its partition next."""
+
+
+class Lanes(Service):
+    """Steers one worker's batch lane by its interactive lane (see the module's doc)."""
+
+    def __init__(
+        self,
+        app: Any,
+        interactive: Iterable[str],
+        batch: Iterable[str],
+        stopping: Callable[[], bool],
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self._app = app
+        self._interactive = frozenset(interactive)
+        self._batch = frozenset(batch)
+        self._stopping = stopping
+        self._in_flight = 0  # interactive tasks being handled in this worker
+        self._idle = asyncio.Event()
+        self._turn = asyncio.Lock()  # one batch task at a time per worker
+        self._paused = False
+
+    def interactive(self, route: Route) -> Route:
+        """`route`, counted as interactive work in flight while it handles a task."""
+
+        async def handle(message: Message[Any]) -> None:
+            self._in_flight += 1
+            self._idle.clear()
+            try:
+                await route.handle(message)
+            finally:
+                self._in_flight -= 1
+
+        return Route(route.name, route.accepts, handle, route.refuse, route.refuse_invalid)
+
+    @asynccontextmanager
+    async def batch_turn(self) -> AsyncIterator[None]:
+        """Hold the worker's one batch slot, entered only while the interactive lane is
+        idle; GiveWay during a rebalance or a shutdown."""
+        async with self._turn:
+            while not self._idle.is_set():
+                if self._app.rebalancing or self._stopping():
+                    raise GiveWay()
+                try:
+                    await asyncio.wait_for(self._idle.wait(), timeout=0.5)
+                except TimeoutError:
+                    continue
+            yield
+
+    async def batch(self, handle: Callable[[], Awaitable[None]]) -> None:
+        """Run a batch task's handling in its turn."""
+        async with self.batch_turn():
+            await handle()
+
+    def waiting(self) -> bool:
+        """Interactive work in flight, or on the broker past the consumer's position, for the
+        interactive partitions this worker holds."""
+        if self._in_flight:
+            return True
+        consumer = self._app.consumer
+        try:
+            inner = consumer._thread._ensure_consumer()
+            assignment = inner._subscription.subscription.assignment
+        except Exception:  # not started, or between assignments
+            return False
+        for tp in consumer.assignment():
+            if tp.topic not in self._interactive:
+                continue
+            state = assignment.state_value(tp)
+            if state is None or not state.has_valid_position or state.highwater is None:
+                continue
+            if state.highwater > state.position:
+                return True
+        return False
+
+    @Service.timer(STEER_SECONDS)
+    async def _steer(self) -> None:
+        consumer = self._app.consumer
+        if consumer is None:
+            return
+        busy = self.waiting()
+        batch_tps = [tp for tp in consumer.assignment() if tp.topic in self._batch]
+        if busy:
+            self._idle.clear()
+            consumer.pause_partitions(batch_tps)
+        else:
+            self._idle.set()
+            consumer.resume_partitions(batch_tps)
+        if busy != self._paused:
+            self._paused = busy
+            log.debug("batch lane %s", "paused" if busy else "resumed")
+        metrics.LANE_PAUSED.labels(lane="batch").set(1 if busy else 0)

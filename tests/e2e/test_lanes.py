@@ -1,0 +1,75 @@
+"""Priority lanes through the real pipeline: with a backlog of batch jobs queued, an
+interactive job submitted later overtakes it; at most one batch task per worker finishes
+while it waits (the contract's bound), and the backlog is still draining when it ends."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from pixstream import kafka
+from pixstream.events import JOB_COMPLETED, JOB_REQUESTED
+from pixstream.settings import Settings
+from pixstream.storage import open_storage
+from tests.e2e.conftest import Pipeline, running_pipeline
+from tests.harness import job_requested, jpeg_bytes, new_job_id, submit, wait_until
+
+pytestmark = [pytest.mark.e2e, pytest.mark.kafka, pytest.mark.s3, pytest.mark.postgres]
+
+BACKLOG = 16
+#: Batch tasks that may end while the interactive job waits: the one running when it arrived
+#: on each of the worker's render slots (the turn is one per worker; a second can have been
+#: fetched and started in the instant before the interactive task is seen).
+MAY_FINISH_MEANWHILE = 2
+
+
+@pytest.fixture(scope="module")
+async def pipeline(
+    services: Settings, template_database: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Pipeline]:
+    async with running_pipeline(
+        services, template_database, tmp_path_factory.mktemp("lanes")
+    ) as running:
+        yield running
+
+
+def photo(i: int) -> bytes:
+    # Distinct bytes per job: identical ones would be copies (render once), not renders.
+    return jpeg_bytes((1800, 1350), color=(i * 13 % 256, 90, 200 - i))
+
+
+async def queue_batch(settings: Settings, count: int) -> list[str]:
+    """`count` batch jobs queued at once: sources stored first, then every request sent
+    through one producer, so the backlog is whole before the first one ends."""
+    jobs = [new_job_id() for _ in range(count)]
+    async with open_storage(settings) as storage:
+        for i, job in enumerate(jobs):
+            await storage.put(f"raw/{job}/source.jpg", photo(i), "image/jpeg")
+    async with kafka.open_producer(settings) as producer:
+        for job in jobs:
+            event = job_requested(job, f"raw/{job}/source.jpg", priority="batch")
+            await kafka.send(producer, settings.topic("jobs"), event.to_bytes(), key=job)
+    return jobs
+
+
+async def test_an_interactive_job_overtakes_the_batch_backlog(pipeline: Pipeline) -> None:
+    watcher = pipeline.watcher
+    backlog = await queue_batch(pipeline.settings, BACKLOG)
+
+    async def started() -> bool:
+        return any(watcher.of_type(j, JOB_COMPLETED) for j in backlog)
+
+    assert await wait_until(started, within=120)
+    urgent = await submit(pipeline.settings, photo(BACKLOG))
+    await watcher.wait_terminal([urgent, *backlog], within=240)
+
+    def completed_at(job: str) -> float:
+        return watcher.of_type(job, JOB_COMPLETED)[0].time.timestamp()
+
+    (announced,) = watcher.of_type(urgent, JOB_REQUESTED)[-1:]
+    arrived, done = announced.time.timestamp(), completed_at(urgent)
+    meanwhile = [j for j in backlog if arrived < completed_at(j) < done]
+    after = [j for j in backlog if completed_at(j) > done]
+    assert len(meanwhile) <= MAY_FINISH_MEANWHILE, (len(meanwhile), len(after))
+    assert len(after) >= BACKLOG // 2  # the backlog was far from drained
