@@ -70,10 +70,9 @@ FUZZ_SECONDS ?= 600
 fuzz: $(PIX)  ## fuzz the decoders for FUZZ_SECONDS (crashers go to tests/data/fuzz)
 	$(BIN)/python -m bench.fuzz --seconds $(FUZZ_SECONDS) --seed $$(date +%s)
 
-bench: up corpus  ## operations vs plain Pillow, then the pipeline with 1 and 2 worker processes
-	$(BIN)/python -m bench.ops bench/corpus
-	$(BIN)/python -m bench.pipeline bench/corpus --processes 1
-	$(BIN)/python -m bench.pipeline bench/corpus --processes 2
+BENCH_ARGS ?= --profile
+bench: up corpus  ## PixStream through HTTP and Kafka against the codec limit, in one run (docs/benchmarks.md)
+	$(BIN)/python -m bench.suite bench/corpus $(BENCH_ARGS)
 
 MINUTES ?= 5
 RUNS    ?= 5

@@ -1,0 +1,66 @@
+"""The benchmark suite's pure parts: its percentiles, ratios and table, and the py-spy summary."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+
+import pytest
+
+from bench import pyspy
+from bench.report import per_job_ms, quantile, ratio, table
+
+
+@pytest.mark.parametrize("q", [0.05, 0.5, 0.95])
+def test_quantile_matches_statistics_inclusive(q: float) -> None:
+    values = [5.0, 1.0, 9.0, 3.0, 7.0, 2.0, 8.0]
+    cuts = statistics.quantiles(values, n=100, method="inclusive")
+    assert quantile(values, q) == pytest.approx(cuts[round(q * 100) - 1])
+
+
+def test_quantile_edges() -> None:
+    assert quantile([4.0], 0.95) == 4.0
+    assert quantile([1.0, 2.0], 0.0) == 1.0
+    assert quantile([1.0, 2.0], 1.0) == 2.0
+    assert math.isnan(quantile([], 0.5))
+
+
+def test_ratio_and_cpu_per_job() -> None:
+    assert ratio(6.0, 12.0) == 0.5
+    assert math.isnan(ratio(1.0, 0.0))
+    assert per_job_ms({"worker": 2.0, "minio": 0.5}, 10) == {"worker": 200.0, "minio": 50.0}
+    assert per_job_ms({"worker": 2.0}, 0) == {}
+
+
+def test_table() -> None:
+    text = table(["what", "jobs/s"], [["limit", 13.24], ["pipeline", 6.0], ["none", math.nan]])
+    assert text.splitlines() == [
+        "| what | jobs/s |",
+        "| --- | ---: |",
+        "| limit | 13.2 |",
+        "| pipeline | 6.00 |",
+        "| none | - |",
+    ]
+
+
+def test_pyspy_summary_splits_idle_busy_and_callbacks(tmp_path: Path) -> None:
+    loop = (
+        "BaseEventLoop.run_forever (asyncio/base_events.py:600);"
+        "BaseEventLoop._run_once (asyncio/base_events.py:1870)"
+    )
+    raw = tmp_path / "raw.txt"
+    raw.write_text(
+        f"thread (1): MainThread;main (x.py:1);{loop};EpollSelector.select (selectors.py:451) 60\n"
+        f"thread (1): MainThread;main (x.py:1);{loop};Handle._run (asyncio/events.py:78);"
+        "deliver (pixstream/worker/handling.py:90);loads (json/__init__.py:1) 30\n"
+        f"thread (1): MainThread;main (x.py:1);{loop};Handle._run (asyncio/events.py:78);"
+        "Sender._sender_routine (aiokafka/producer/sender.py:1) 10\n"
+        "thread (2): Thread-1;run (threading.py:1);wait (threading.py:2) 99\n"
+    )
+    summary = pyspy.summarise(raw)
+    assert (summary.samples, summary.idle) == (100, 60)
+    assert summary.packages == {"json": 30, "aiokafka": 10}
+    assert summary.callbacks["deliver (pixstream/worker/handling.py:90)"] == 30
+    assert summary.functions["deliver (pixstream/worker/handling.py:90)"] == 30
+    assert "main (x.py:1)" not in summary.functions
