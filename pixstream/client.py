@@ -14,15 +14,15 @@ import asyncio
 import json
 import mimetypes
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any, Final
 
 import aiohttp
 
 from pixstream import sse
-from pixstream.events import JOB_COMPLETED, JOB_FAILED, CloudEvent
+from pixstream.events import TERMINAL_TYPES, CloudEvent
 
-TERMINAL_TYPES: Final = frozenset({JOB_COMPLETED, JOB_FAILED})
 CHUNK: Final = 256 * 1024
 #: Reconnects of one event stream in a row without a new event before giving up.
 MAX_RECONNECTS: Final = 5
@@ -101,16 +101,13 @@ class Client:
                 ) as resp:
                     if resp.status != 200:
                         raise await _refused(resp)
-                    parser = sse.Parser()
-                    async for raw in resp.content:
-                        message = parser.feed(raw.decode().rstrip("\r\n"))
-                        if message is None:
-                            continue
-                        event = CloudEvent.model_validate_json(message.data)
-                        last, failures = event.id, 0
-                        yield event
-                        if event.type in TERMINAL_TYPES:
-                            return
+                    async with aclosing(sse.messages(resp.content)) as stream:
+                        async for message in stream:
+                            event = CloudEvent.model_validate_json(message.data)
+                            last, failures = event.id, 0
+                            yield event
+                            if event.type in TERMINAL_TYPES:
+                                return
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
                 failures += 1
                 if failures > MAX_RECONNECTS:

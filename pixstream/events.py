@@ -35,6 +35,8 @@ JOB_COMPLETED: Final = "pixstream.job.completed"
 JOB_FAILED: Final = "pixstream.job.failed"
 TASK_REQUESTED: Final = "pixstream.task.requested"  # internal: on pixstream.op.<op> topics
 JOB_RETRIED: Final = "pixstream.job.retried"
+#: The events that end a run (a retry opens the next one).
+TERMINAL_TYPES: Final = frozenset({JOB_COMPLETED, JOB_FAILED})
 
 DEFAULT_SOURCE: Final = "/pixstream"
 

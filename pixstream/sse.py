@@ -1,9 +1,11 @@
 """Server-sent events on the wire (the WHATWG `text/event-stream` format), both ways: the
-frames the ingress writes and a line parser for the clients. Pure: no I/O, tested on values.
+frames the ingress writes and a line parser for the clients. Pure: no I/O, tested on values
+(`messages` reads whatever iterable of lines it is given, such as aiohttp's `resp.content`).
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator, AsyncIterable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -62,9 +64,21 @@ class Parser:
             self.last_id = value
         return None  # `retry` and unknown fields change nothing a client here uses
 
+    def feed_line(self, raw: bytes) -> Message | None:
+        """`feed` a line as read from the wire, its line break still on."""
+        return self.feed(raw.decode().rstrip("\r\n"))
+
     def _dispatch(self) -> Message | None:
         data, event = self._data, self._event
         self._data, self._event = [], ""
         if not data:
             return None
         return Message(self.last_id, event or "message", "\n".join(data))
+
+
+async def messages(lines: AsyncIterable[bytes]) -> AsyncGenerator[Message]:
+    """The messages of a stream read a line at a time, until it ends."""
+    parser = Parser()
+    async for raw in lines:
+        if (message := parser.feed_line(raw)) is not None:
+            yield message

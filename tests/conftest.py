@@ -9,19 +9,24 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
 
 import asyncpg
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 
 from pixstream.db.migrate import apply_migrations
 from pixstream.health import check_all
+from pixstream.ingress import create_app
 from pixstream.settings import Settings
 from pixstream.topics import apply_topics, load_topics
 from tests.harness import delete_topics
 
 TEMPLATE_DB = "pixstream_test_template"
+
+ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 
 
 def unique(prefix: str) -> str:
@@ -144,6 +149,23 @@ async def topics(settings: Settings) -> AsyncIterator[Settings]:
     await apply_topics(settings.kafka_bootstrap, load_topics(settings))
     yield settings
     await delete_topics(settings)
+
+
+@pytest.fixture
+async def make_client() -> AsyncIterator[ClientFactory]:
+    """Start the real ingress for given settings on 127.0.0.1; closed after the test. The
+    one way the integration and e2e tests talk HTTP to an in-process ingress."""
+    clients: list[TestClient[Any, Any]] = []
+
+    async def make(settings: Settings, **options: Any) -> TestClient[Any, Any]:
+        client = TestClient(TestServer(create_app(settings, **options), host="127.0.0.1"))
+        await client.start_server()
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        await client.close()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -11,14 +11,14 @@ the stream only when no retry follows it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from pixstream.events import JOB_COMPLETED, JOB_FAILED, JOB_RETRIED, CloudEvent
+from pixstream.events import JOB_RETRIED, TERMINAL_TYPES, CloudEvent
 
 #: The LISTEN/NOTIFY channel; the payload is the job id.
 CHANNEL: Final = "pixstream_job_events"
-TERMINAL_TYPES: Final = frozenset({JOB_COMPLETED, JOB_FAILED})
 #: Rows read at once by one subscriber: what bounds its memory, however long the job's log.
 PAGE: Final = 100
 
@@ -30,11 +30,12 @@ ON CONFLICT (event_id) DO NOTHING
 RETURNING seq
 """
 NOTIFY: Final = "SELECT pg_notify($1, $2)"
-SELECT_AFTER: Final = """
-SELECT seq, event_id, type, event::text AS event FROM job_events
+_COLUMNS: Final = "seq, event_id, type, event::text AS event"
+SELECT_AFTER: Final = f"""
+SELECT {_COLUMNS} FROM job_events
 WHERE job_id = $1 AND seq > $2 ORDER BY seq LIMIT $3
 """
-SELECT_POSITION: Final = "SELECT seq, type FROM job_events WHERE job_id = $1 AND event_id = $2"
+SELECT_EVENT: Final = f"SELECT {_COLUMNS} FROM job_events WHERE job_id = $1 AND event_id = $2"
 SELECT_RETRIED_AFTER: Final = """
 SELECT EXISTS (SELECT 1 FROM job_events WHERE job_id = $1 AND seq > $2 AND type = $3)
 """
@@ -51,15 +52,13 @@ class StoredEvent:
 
     @property
     def terminal(self) -> bool:
+        """A terminal event; whether it ends the job's stream is `ends_stream`'s question."""
         return self.type in TERMINAL_TYPES
 
-
-@dataclass(frozen=True)
-class Position:
-    """Where an event id stands in its job's log."""
-
-    seq: int
-    terminal: bool
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> StoredEvent:
+        """The one decoding of a row selected with `_COLUMNS`."""
+        return cls(row["seq"], row["event_id"], row["type"], row["event"])
 
 
 async def append(conn: Any, job_id: str, event: CloudEvent) -> bool:
@@ -77,17 +76,19 @@ async def append(conn: Any, job_id: str, event: CloudEvent) -> bool:
 async def read_after(conn: Any, job_id: str, seq: int, limit: int = PAGE) -> list[StoredEvent]:
     """Up to `limit` events of the job after position `seq`, oldest first."""
     rows = await conn.fetch(SELECT_AFTER, job_id, seq, limit)
-    return [StoredEvent(r["seq"], r["event_id"], r["type"], r["event"]) for r in rows]
+    return [StoredEvent.from_row(r) for r in rows]
 
 
-async def position_of(conn: Any, job_id: str, event_id: str) -> Position | None:
-    """The position of `event_id` in the job's log; None when the job has no such event.
-    It is terminal when it is a terminal event no retry has reopened since."""
-    row = await conn.fetchrow(SELECT_POSITION, job_id, event_id)
-    if row is None:
-        return None
-    ended = row["type"] in TERMINAL_TYPES and not await retried_after(conn, job_id, row["seq"])
-    return Position(row["seq"], ended)
+async def find(conn: Any, job_id: str, event_id: str) -> StoredEvent | None:
+    """The job's logged event `event_id`; None when the job has no such event."""
+    row = await conn.fetchrow(SELECT_EVENT, job_id, event_id)
+    return StoredEvent.from_row(row) if row is not None else None
+
+
+async def ends_stream(conn: Any, job_id: str, event: StoredEvent) -> bool:
+    """Whether the job's stream ends at `event`: a terminal event no retry has reopened
+    since (asks the database only for a terminal event)."""
+    return event.terminal and not await retried_after(conn, job_id, event.seq)
 
 
 async def retried_after(conn: Any, job_id: str, seq: int) -> bool:

@@ -88,7 +88,7 @@ async def _follow(
                 await resp.write(sse.frame(event.event_id, event.type, event.json))
                 last_write = time.monotonic()
                 cursor = event.seq
-                if event.terminal and not await _reopened(request, sub.job_id, event.seq):
+                if event.terminal and await _ends(request, sub.job_id, event):
                     done = True
                     break
         except DatabaseUnavailable as exc:  # the stream stays; the next wake-up reads again
@@ -114,10 +114,10 @@ async def _quiet(request: web.Request, sub: Subscription, seconds: float) -> boo
     return False
 
 
-async def _reopened(request: web.Request, job_id: str, seq: int) -> bool:
-    """A retry follows the terminal event at `seq`: the stream goes on with the new run."""
+async def _ends(request: web.Request, job_id: str, event: job_events.StoredEvent) -> bool:
+    """The stream ends at this terminal event unless a retry follows it (a new run)."""
     async with translated(), request.app[POOL].acquire(timeout=DB_ACQUIRE_TIMEOUT) as conn:
-        return await job_events.retried_after(conn, job_id, seq)
+        return await job_events.ends_stream(conn, job_id, event)
 
 
 async def _start(request: web.Request, job_id: str) -> tuple[int, bool]:
@@ -127,8 +127,10 @@ async def _start(request: web.Request, job_id: str) -> tuple[int, bool]:
     if not last:
         return 0, False
     async with translated(), request.app[POOL].acquire(timeout=DB_ACQUIRE_TIMEOUT) as conn:
-        position = await job_events.position_of(conn, job_id, last)
-    return (position.seq, position.terminal) if position is not None else (0, False)
+        event = await job_events.find(conn, job_id, last)
+        if event is None:
+            return 0, False
+        return event.seq, await job_events.ends_stream(conn, job_id, event)
 
 
 async def _read(

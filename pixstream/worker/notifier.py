@@ -22,8 +22,6 @@ from pixstream.db import deliveries
 from pixstream.db.deliveries import Delivery
 from pixstream.db.failures import DatabaseUnavailable, translated
 from pixstream.events import (
-    JOB_COMPLETED,
-    JOB_FAILED,
     CloudEvent,
     Data,
     JobCompleted,
@@ -38,7 +36,6 @@ from pixstream.worker.resources import Resources
 
 log = logging.getLogger(__name__)
 
-TERMINAL_TYPES: Final = frozenset({JOB_COMPLETED, JOB_FAILED})
 # Deliveries one process keeps in flight; a slow receiver holds one slot, not the loop.
 MAX_IN_FLIGHT: Final = 32
 # A claim must outlast one attempt (bounded by the request timeout) plus writing its result;

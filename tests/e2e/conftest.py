@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp.test_utils import TestClient
 
 from pixstream.settings import Settings
 from pixstream.topics import apply_topics, load_topics
-from tests.conftest import create_database, drop_database, isolated
+from tests.conftest import ClientFactory, create_database, drop_database, isolated
 from tests.harness import EventWatcher, WorkerProcess, delete_topics, submit
 
 STARTUP_SECONDS = 90.0
@@ -74,3 +75,10 @@ async def pipeline(
         services, template_database, tmp_path_factory.mktemp("pipeline")
     ) as running:
         yield running
+
+
+@pytest.fixture
+async def api(pipeline: Pipeline, make_client: ClientFactory) -> TestClient[Any, Any]:
+    """The real ingress in front of the module's pipeline (its own, where a module defines
+    `pipeline`), on a loopback TestServer."""
+    return await make_client(pipeline.settings)

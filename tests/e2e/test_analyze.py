@@ -12,11 +12,10 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from PIL import ExifTags, Image
 
 from pixstream.events import JOB_COMPLETED
-from pixstream.ingress import create_app
 from pixstream.settings import Settings
 from pixstream.storage import s3_client
 from tests.e2e.conftest import Pipeline, running_pipeline
@@ -36,16 +35,6 @@ async def pipeline(
         services, template_database, tmp_path_factory.mktemp("analyze"), **WEBHOOK_SETTINGS
     ) as running:
         yield running
-
-
-@pytest.fixture
-async def api(pipeline: Pipeline) -> AsyncIterator[TestClient[Any, Any]]:
-    client = TestClient(TestServer(create_app(pipeline.settings), host="127.0.0.1"))
-    await client.start_server()
-    try:
-        yield client
-    finally:
-        await client.close()
 
 
 def photo(fmt: str, size: tuple[int, int], orientation: int) -> bytes:

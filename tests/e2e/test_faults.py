@@ -13,17 +13,17 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from pixstream.events import JOB_COMPLETED, JOB_FAILED, STEP_COMPLETED, StepCompleted, make_event
-from pixstream.ingress import create_app
 from pixstream.settings import Settings
 from pixstream.stack.minio import MinioService
 from pixstream.storage import ensure_bucket
 from pixstream.topics import load_topics
 from pixstream.worker.reconciler import read_backlog
+from tests.conftest import ClientFactory
 from tests.e2e.conftest import Pipeline, running_pipeline
 from tests.harness import (
     CONTRACT_SPEC,
@@ -75,14 +75,13 @@ async def _post_jobs(api: TestClient[Any, Any], data: bytes, count: int) -> list
 
 
 async def test_worker_killed_mid_run_loses_nothing_and_repeats_nothing(
-    services: Settings, template_database: str, tmp_path: Path
+    services: Settings, template_database: str, tmp_path: Path, make_client: ClientFactory
 ) -> None:
     # A short stall time: jobs whose messages the killed worker took with it are re-driven.
     async with running_pipeline(
         services, template_database, tmp_path, stall_seconds=10.0
     ) as pipeline:
-        api = TestClient(TestServer(create_app(pipeline.settings), host="127.0.0.1"))
-        await api.start_server()
+        api = await make_client(pipeline.settings)
         try:
             jobs = await _post_jobs(api, jpeg_bytes((1600, 1200)), 100)
         finally:

@@ -16,12 +16,12 @@ import aiohttp
 import pytest
 import trustme
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from PIL import Image
 
 from pixstream.events import JOB_COMPLETED, JOB_FAILED
-from pixstream.ingress import create_app
 from pixstream.settings import Settings
+from tests.conftest import ClientFactory
 from tests.e2e.conftest import Pipeline, running_pipeline
 from tests.harness import CONTRACT_SPEC, TERMINAL, jpeg_bytes, new_job_id, produce
 
@@ -66,13 +66,8 @@ async def product(
 
 
 @pytest.fixture
-async def api(product: tuple[Pipeline, int]) -> AsyncIterator[TestClient[Any, Any]]:
-    client = TestClient(TestServer(create_app(product[0].settings), host="127.0.0.1"))
-    await client.start_server()
-    try:
-        yield client
-    finally:
-        await client.close()
+async def api(product: tuple[Pipeline, int], make_client: ClientFactory) -> TestClient[Any, Any]:
+    return await make_client(product[0].settings)
 
 
 async def test_upload_a_photo_and_download_every_promised_output(

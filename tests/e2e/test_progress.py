@@ -4,12 +4,11 @@ ran, after it ended, and back with Last-Event-ID."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from pixstream import sse
 from pixstream.events import (
@@ -20,7 +19,6 @@ from pixstream.events import (
     STEP_FAILED,
     CloudEvent,
 )
-from pixstream.ingress import create_app
 from pixstream.settings import Settings
 from tests.e2e.conftest import Pipeline
 from tests.harness import job_requested, jpeg_bytes, new_job_id, produce, put_source, submit
@@ -28,14 +26,6 @@ from tests.harness import job_requested, jpeg_bytes, new_job_id, produce, put_so
 pytestmark = [pytest.mark.e2e, pytest.mark.kafka, pytest.mark.s3, pytest.mark.postgres]
 
 Client = TestClient[Any, Any]
-
-
-@pytest.fixture
-async def ingress(pipeline: Pipeline) -> AsyncIterator[Client]:
-    client = TestClient(TestServer(create_app(pipeline.settings), host="127.0.0.1"))
-    await client.start_server()
-    yield client
-    await client.close()
 
 
 async def stream(client: Client, job_id: str, last_event_id: str | None = None) -> list[Any]:
@@ -47,11 +37,7 @@ async def stream(client: Client, job_id: str, last_event_id: str | None = None) 
 
 
 async def read_all(resp: Any) -> list[sse.Message]:
-    parser, found = sse.Parser(), []
-    async for raw in resp.content:
-        if (message := parser.feed(raw.decode().rstrip("\r\n"))) is not None:
-            found.append(message)
-    return found
+    return [message async for message in sse.messages(resp.content)]
 
 
 async def announce(settings: Settings, job_id: str) -> None:
@@ -68,11 +54,11 @@ async def announce(settings: Settings, job_id: str) -> None:
 
 
 async def test_subscribers_before_and_after_a_job_get_the_same_events(
-    pipeline: Pipeline, ingress: Client
+    pipeline: Pipeline, api: Client
 ) -> None:
     job_id = new_job_id()
     await announce(pipeline.settings, job_id)
-    async with ingress.get(f"/v1/jobs/{job_id}/events") as early:
+    async with api.get(f"/v1/jobs/{job_id}/events") as early:
         assert early.status == 200  # subscribed: the job has not even been requested yet
         key = await put_source(pipeline.settings, job_id, jpeg_bytes((1200, 800)))
         await produce(pipeline.settings, "jobs", job_requested(job_id, key).to_bytes(), job_id)
@@ -87,27 +73,27 @@ async def test_subscribers_before_and_after_a_job_get_the_same_events(
     assert {e.data["job_id"] for e in events} == {job_id}
     assert events[-1].data["outputs"].keys() == {"webp", "thumb"}
 
-    late = await stream(ingress, job_id)  # the job is over: a full replay, then the end
+    late = await stream(api, job_id)  # the job is over: a full replay, then the end
     assert late == live
-    resumed = await stream(ingress, job_id, last_event_id=live[1].id)
+    resumed = await stream(api, job_id, last_event_id=live[1].id)
     assert resumed == live[2:]
-    assert await stream(ingress, job_id, last_event_id=live[-1].id) == []
+    assert await stream(api, job_id, last_event_id=live[-1].id) == []
 
 
 async def test_a_failed_job_ends_its_stream_with_job_failed(
-    pipeline: Pipeline, ingress: Client
+    pipeline: Pipeline, api: Client
 ) -> None:
     job_id = await submit(pipeline.settings, jpeg_bytes()[:3000])  # a truncated JPEG
     await pipeline.watcher.wait_terminal([job_id])
     # Recorded already (job.requested came first on the partition), so the stream opens
     # and ends once the recorder has the terminal event too.
-    got = await stream(ingress, job_id)
+    got = await stream(api, job_id)
     assert got[-1].event == JOB_FAILED
     assert {m.event for m in got[1:-1]} == {STEP_FAILED}
     assert "corrupt_image" in got[-1].data
 
 
-async def test_an_unknown_job_is_a_404(ingress: Client) -> None:
-    async with ingress.get(f"/v1/jobs/{new_job_id()}/events") as resp:
+async def test_an_unknown_job_is_a_404(api: Client) -> None:
+    async with api.get(f"/v1/jobs/{new_job_id()}/events") as resp:
         assert resp.status == 404
         assert resp.content_type == "application/problem+json"

@@ -13,14 +13,14 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from pixstream.db import tenants
 from pixstream.events import JOB_COMPLETED, JOB_FAILED, JOB_RETRIED, STEP_COMPLETED, STEP_FAILED
-from pixstream.ingress import create_app
 from pixstream.settings import Settings
 from pixstream.spec import StepSpec
 from pixstream.storage import s3_client
+from tests.conftest import ClientFactory
 from tests.e2e.conftest import Pipeline, running_pipeline
 from tests.e2e.test_webhooks import WEBHOOK_SETTINGS, Hit, Receiver
 from tests.harness import TERMINAL, jpeg_bytes, submit, wait_until
@@ -66,21 +66,6 @@ async def pipeline(
         **WEBHOOK_SETTINGS,
     ) as running:
         yield running
-
-
-async def _client(settings: Settings) -> Client:
-    client = TestClient(TestServer(create_app(settings), host="127.0.0.1"))
-    await client.start_server()
-    return client
-
-
-@pytest.fixture
-async def api(pipeline: Pipeline) -> AsyncIterator[Client]:
-    client = await _client(pipeline.settings)
-    try:
-        yield client
-    finally:
-        await client.close()
 
 
 @pytest.fixture
@@ -192,7 +177,7 @@ async def test_another_tenants_job_and_an_unknown_one_are_not_found(
 
 
 async def test_a_job_whose_source_is_gone_or_past_retention_is_gone(
-    pipeline: Pipeline, api: Client
+    pipeline: Pipeline, api: Client, make_client: ClientFactory
 ) -> None:
     expired = await submit(pipeline.settings, jpeg_bytes(SOURCE), BAD_CROP)
     deleted = await submit(pipeline.settings, jpeg_bytes(SOURCE), BAD_CROP)
@@ -203,12 +188,9 @@ async def test_a_job_whose_source_is_gone_or_past_retention_is_gone(
         await s3.delete_object(Bucket=pipeline.settings.s3_bucket, Key=f"raw/{deleted}/source.jpg")
     await problem(await retry(api, deleted), 410, "source_expired")
 
-    short = await _client(pipeline.settings.model_copy(update={"retention_seconds": 1}))
-    try:
-        await asyncio.sleep(1.1)
-        await problem(await retry(short, expired), 410, "source_expired")
-    finally:
-        await short.close()
+    short = await make_client(pipeline.settings.model_copy(update={"retention_seconds": 1}))
+    await asyncio.sleep(1.1)
+    await problem(await retry(short, expired), 410, "source_expired")
     assert (await (await api.get(f"/v1/jobs/{deleted}")).json())["status"] == "failed"
     resp = await retry(api, expired)  # under the real retention, the same job may run again
     assert resp.status == 202, await resp.text()

@@ -1,21 +1,19 @@
-"""Fixtures for the ingress tests: the real app on a loopback TestServer, and test images."""
+"""Fixtures for the ingress tests: the real app on a loopback TestServer (`make_client`, from
+tests/conftest.py), and test images."""
 
 from __future__ import annotations
 
 import io
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from PIL import Image
 
-from pixstream.ingress import create_app
 from pixstream.settings import Settings
-
-ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
+from tests.conftest import ClientFactory
 
 SPEC: dict[str, Any] = {
     "steps": [
@@ -62,22 +60,6 @@ def job_form(
     for name, value, fname, ctype in parts[::-1] if spec_first else parts:
         form.add_field(name, value, filename=fname, content_type=ctype)
     return form
-
-
-@pytest.fixture
-async def make_client() -> AsyncIterator[ClientFactory]:
-    """Start the real ingress for given settings on 127.0.0.1; closed after the test."""
-    clients: list[TestClient[Any, Any]] = []
-
-    async def make(settings: Settings, **options: Any) -> TestClient[Any, Any]:
-        client = TestClient(TestServer(create_app(settings, **options), host="127.0.0.1"))
-        await client.start_server()
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        await client.close()
 
 
 @pytest.fixture

@@ -29,7 +29,8 @@ from pixstream.events import (
 from pixstream.ingress.openapi import document, schema_for
 from pixstream.settings import Settings
 from pixstream.storage import open_storage
-from tests.integration.conftest import SPEC, ClientFactory, job_form, jpeg_bytes, png_bytes
+from tests.conftest import ClientFactory
+from tests.integration.conftest import SPEC, job_form, jpeg_bytes, png_bytes
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.s3]
 

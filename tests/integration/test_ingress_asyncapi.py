@@ -9,7 +9,7 @@ import pytest
 
 from pixstream.asyncapi import DEFAULT_PREFIX
 from pixstream.settings import Settings
-from tests.integration.conftest import ClientFactory
+from tests.conftest import ClientFactory
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.s3]
 

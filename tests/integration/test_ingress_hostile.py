@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 from pixstream.settings import Settings
-from tests.integration.conftest import SPEC, ClientFactory, job_form
+from tests.conftest import ClientFactory
+from tests.integration.conftest import SPEC, job_form
 from tests.integration.test_ingress import Client, jobs_count, problem_of
 from tests.unit import hostile
 from tests.unit.test_limits import EXPLODING

@@ -20,8 +20,9 @@ from pixstream.events import CloudEvent
 from pixstream.settings import Settings
 from pixstream.stack.kafka import KafkaService
 from pixstream.topics import apply_topics, load_topics
+from tests.conftest import ClientFactory
 from tests.harness import TERMINAL, EventWatcher, IngressProcess, WorkerProcess, wait_until
-from tests.integration.conftest import ClientFactory, job_form
+from tests.integration.conftest import job_form
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.s3, pytest.mark.slow]
 

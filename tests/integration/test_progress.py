@@ -16,20 +16,28 @@ from pixstream import sse
 from pixstream.db import job_events
 from pixstream.events import (
     JOB_COMPLETED,
+    JOB_FAILED,
     JOB_REQUESTED,
+    JOB_RETRIED,
     STEP_COMPLETED,
+    STEP_FAILED,
     CloudEvent,
+    ErrorInfo,
     JobCompleted,
+    JobFailed,
     JobRequested,
+    JobRetried,
     OutputInfo,
     SourceKey,
     StepCompleted,
+    StepFailed,
     make_event,
 )
 from pixstream.settings import Settings
 from pixstream.spec import StepSpec
 from pixstream.worker.recorder import record
-from tests.integration.conftest import SPEC, ClientFactory
+from tests.conftest import ClientFactory
+from tests.integration.conftest import SPEC
 
 pytestmark = [pytest.mark.postgres, pytest.mark.kafka, pytest.mark.s3]
 
@@ -69,22 +77,13 @@ async def write(settings: Settings, job_id: str, *events: CloudEvent) -> None:
         await conn.close()
 
 
-async def messages(resp: aiohttp.ClientResponse) -> AsyncIterator[sse.Message]:
+def messages(resp: aiohttp.ClientResponse) -> AsyncIterator[sse.Message]:
     """The messages of an open stream until the server ends it."""
-    parser = sse.Parser()
-    async for raw in resp.content:
-        message = parser.feed(raw.decode().rstrip("\r\n"))
-        if message is not None:
-            yield message
+    return sse.messages(resp.content)
 
 
 async def collect(resp: aiohttp.ClientResponse) -> list[sse.Message]:
     return [m async for m in messages(resp)]
-
-
-@pytest.fixture
-async def client(topics: Settings, make_client: ClientFactory) -> Client:
-    return await make_client(topics)
 
 
 async def test_a_late_subscriber_gets_every_event_in_order_then_the_stream_ends(
@@ -141,6 +140,75 @@ async def test_an_unknown_last_event_id_replays_everything(
         assert [m.id for m in await collect(resp)] == [e.id for e in events]
 
 
+def failed_then_retried(job_id: str) -> tuple[list[CloudEvent], CloudEvent, list[CloudEvent]]:
+    """A job whose first run fails one output, its retry, and the retry's run that makes it."""
+    out = {
+        sid: OutputInfo(
+            key=f"processed/{job_id}/{sid}.jpg", format="jpeg", width=8, height=8, bytes=100
+        )
+        for sid in ("webp", "thumb")
+    }
+    source = f"raw/{job_id}/s.jpg"
+    why = {"code": "too_many_pixels", "message": "over the budget"}
+    first = [
+        make_event(
+            JOB_REQUESTED, JobRequested(job_id=job_id, steps=STEPS, source=SourceKey(key=source))
+        ),
+        make_event(STEP_COMPLETED, StepCompleted(job_id=job_id, step="web", op="resize")),
+        make_event(
+            STEP_COMPLETED,
+            StepCompleted(job_id=job_id, step="webp", op="convert", output=out["webp"]),
+        ),
+        make_event(STEP_FAILED, StepFailed(job_id=job_id, step="thumb", op="thumbnail", **why)),
+        make_event(
+            JOB_FAILED,
+            JobFailed(
+                job_id=job_id,
+                outputs={"webp": out["webp"]},
+                errors=[ErrorInfo(step="thumb", **why)],
+            ),
+        ),
+    ]
+    retry = make_event(
+        JOB_RETRIED,
+        JobRetried(
+            job_id=job_id, run=1, steps=STEPS, source_key=source, outputs={"webp": out["webp"]}
+        ),
+    )
+    second = [
+        make_event(
+            STEP_COMPLETED,
+            StepCompleted(job_id=job_id, step="thumb", op="thumbnail", output=out["thumb"], run=1),
+        ),
+        make_event(JOB_COMPLETED, JobCompleted(job_id=job_id, outputs=out, run=1)),
+    ]
+    return first, retry, second
+
+
+async def test_the_stream_goes_on_past_a_failure_a_retry_follows_and_ends_after_the_retry(
+    client: Client, topics: Settings
+) -> None:
+    first, retry, second = failed_then_retried("retried-1")
+    await write(topics, "retried-1", *first, retry)  # as the ingress logs an accepted retry
+    async with client.get("/v1/jobs/retried-1/events") as resp:
+        stream = messages(resp)
+        # Past job.failed: a stream that stopped at the first terminal event ends here.
+        replayed = [await anext(stream) for _ in range(len(first) + 1)]
+        await write(topics, "retried-1", *second)  # the retry's run, woken through NOTIFY
+        live = [m async for m in stream]  # ends by itself after the run's terminal event
+    assert [m.id for m in replayed] == [e.id for e in [*first, retry]]
+    assert [m.id for m in live] == [e.id for e in second]
+    assert live[-1].id == "retried-1.r1.job.completed"
+
+    # Resuming at the failure goes on into the retry; at the retry's end, nothing is left.
+    headers = {"Last-Event-ID": first[-1].id}
+    async with client.get("/v1/jobs/retried-1/events", headers=headers) as resp:
+        assert [m.id for m in await collect(resp)] == [e.id for e in [retry, *second]]
+    headers = {"Last-Event-ID": second[-1].id}
+    async with client.get("/v1/jobs/retried-1/events", headers=headers) as resp:
+        assert await collect(resp) == []
+
+
 @pytest.mark.parametrize("job_id", ["no-such-job", "bad%20id"])
 async def test_an_unknown_job_is_a_404_problem(client: Client, job_id: str) -> None:
     async with client.get(f"/v1/jobs/{job_id}/events") as resp:
@@ -169,7 +237,7 @@ async def test_keepalives_come_and_a_missed_notification_costs_nothing(
     async with client.get("/v1/jobs/quiet-1/events") as resp:
         parser = sse.Parser()
         while parser.comments < 2:  # a comment line per keepalive while nothing happens
-            parser.feed((await resp.content.readline()).decode().rstrip("\n"))
+            parser.feed_line(await resp.content.readline())
         # Rows written without their NOTIFY (as if it were lost): the keepalive reads them.
         conn = await asyncpg.connect(topics.database_url.get_secret_value())
         try:

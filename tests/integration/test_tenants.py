@@ -12,7 +12,8 @@ from aiohttp.test_utils import TestClient
 
 from pixstream.db import tenants
 from pixstream.settings import Settings
-from tests.integration.conftest import SPEC, ClientFactory, job_form, jpeg_bytes
+from tests.conftest import ClientFactory
+from tests.integration.conftest import SPEC, job_form, jpeg_bytes
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.s3]
 

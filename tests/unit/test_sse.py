@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 from pixstream import sse
 
 
@@ -33,3 +35,11 @@ def test_comments_and_retry_are_not_messages() -> None:
 def test_the_id_carries_over_and_the_type_defaults_to_message() -> None:
     messages, _ = parse(b"id: 7\ndata: a\n\ndata: b\n\n")
     assert messages == [sse.Message("7", "message", "a"), sse.Message("7", "message", "b")]
+
+
+async def test_messages_reads_wire_lines_with_their_line_breaks() -> None:
+    async def lines() -> AsyncIterator[bytes]:
+        for line in (b": keepalive\r\n", b"id: 1\r\n", b"event: t\n", b"data: x\r\n", b"\n"):
+            yield line
+
+    assert [m async for m in sse.messages(lines())] == [sse.Message("1", "t", "x")]
