@@ -7,12 +7,13 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
-from pixstream.batch import Outcome, discover, run_batch
+from pixstream.batch import Outcome, Reporter, discover, run_batch
 from pixstream.client import Client, Unreachable
 from pixstream.progressbars import Bars, Quiet, summary
 
@@ -61,22 +62,21 @@ def run(
     try:
         asyncio.run(_batch(url, files, spec, concurrency, wait, out, json_output, api_key,
                            console, outcomes))  # fmt: skip
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Unreachable) as exc:
+        # Either way the batch stopped part way: the jobs it created run on the server.
         created = [o for o in outcomes if o.job_id]
-        console.print(
-            f"interrupted: {len(created)} job(s) created keep running on the server; "
-            "follow one with GET /v1/jobs/<id> or GET /v1/jobs/<id>/events"
-        )
+        if isinstance(exc, KeyboardInterrupt):
+            console.print(
+                f"interrupted: {len(created)} job(s) created keep running on the server; "
+                "follow one with GET /v1/jobs/<id> or GET /v1/jobs/<id>/events"
+            )
+        elif created:
+            console.print(f"created before the ingress stopped answering: {len(created)} job(s)")
         for o in created:
             console.print(f"  {o.file}: {o.job_id}")
+        if isinstance(exc, Unreachable):
+            raise SubmitFailed(str(exc)) from None
         return 130
-    except Unreachable as exc:
-        created = [o for o in outcomes if o.job_id]
-        if created:
-            console.print(f"created before the ingress stopped answering: {len(created)} job(s)")
-            for o in created:
-                console.print(f"  {o.file}: {o.job_id}")
-        raise SubmitFailed(str(exc)) from None
     if json_output:
         sys.stdout.write(json.dumps([o.as_dict() for o in outcomes], indent=2) + "\n")
     else:
@@ -97,11 +97,10 @@ async def _batch(
     console: Console,
     outcomes: list[Outcome],
 ) -> None:
+    shown: AbstractContextManager[Reporter] = (
+        nullcontext(Quiet()) if json_output else Bars(console, len(files))
+    )
     async with Client(url, api_key=api_key) as client:
-        if json_output:
+        with shown as reporter:
             await run_batch(client, files, spec, concurrency=concurrency, wait=wait, out=out,
-                            reporter=Quiet(), outcomes=outcomes)  # fmt: skip
-            return
-        with Bars(console, len(files)) as bars:
-            await run_batch(client, files, spec, concurrency=concurrency, wait=wait, out=out,
-                            reporter=bars, outcomes=outcomes)  # fmt: skip
+                            reporter=reporter, outcomes=outcomes)  # fmt: skip

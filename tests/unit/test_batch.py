@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from pixstream.batch import discover, output_folders
+from pixstream import submitting
+from pixstream.batch import Outcome, discover, output_folders
+from pixstream.client import Unreachable
 from pixstream.submitting import SubmitFailed, load_spec
 
 
@@ -50,3 +54,40 @@ def test_a_broken_spec_is_a_one_line_error(tmp_path: Path) -> None:
         load_spec(None, None)
     assert load_spec(None, "web") == {"preset": "web"}
     assert load_spec(Path(__file__).parents[2] / "examples" / "spec.json", None)["steps"]
+
+
+@pytest.mark.parametrize(
+    ("stop", "heading"),
+    [
+        (KeyboardInterrupt(), "interrupted: 1 job(s) created keep running on the server"),
+        (Unreachable("the ingress went away"), "created before the ingress stopped answering"),
+    ],
+)
+def test_a_batch_stopped_part_way_names_the_jobs_it_created(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    stop: BaseException,
+    heading: str,
+) -> None:
+    (tmp_path / "a.jpg").write_bytes(b"")
+    (tmp_path / "b.jpg").write_bytes(b"")
+
+    async def one_created_then_stopped(*args: Any) -> None:
+        outcomes: list[Outcome] = args[-1]
+        outcomes += [Outcome("a.jpg", "submitted", job_id="job-a"), Outcome("b.jpg")]
+        raise stop
+
+    monkeypatch.setattr(submitting, "_batch", one_created_then_stopped)
+    run = functools.partial(submitting.run, "http://127.0.0.1:1", (str(tmp_path),), {},
+                            concurrency=1, wait=False, out=None, json_output=True,
+                            api_key=None)  # fmt: skip
+    if isinstance(stop, Unreachable):
+        with pytest.raises(SubmitFailed, match="the ingress went away"):
+            run()
+    else:
+        assert run() == 130
+    shown = capsys.readouterr().err
+    assert heading in shown
+    assert "a.jpg: job-a" in shown
+    assert "b.jpg" not in shown
