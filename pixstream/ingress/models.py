@@ -96,10 +96,15 @@ class WebhookView(Model):
 
 
 class JobView(Model):
-    """A job as recorded: status, progress, outputs and errors."""
+    """A job as recorded: status, progress, outputs and errors of its current run."""
 
     job_id: str
     status: Literal["queued", "processing", "completed", "failed"]
+    run: int = Field(
+        ge=0,
+        description="The current run: 0 for the first, one more for each retry "
+        "(`POST /v1/jobs/{job_id}/retry`); its events carry it too.",
+    )
     created_at: datetime
     updated_at: datetime
     expires_at: datetime

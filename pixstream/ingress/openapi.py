@@ -130,7 +130,7 @@ def _paths() -> dict[str, Any]:
     }
     get_job = _get(
         "getJob",
-        "A job's status, progress, outputs (presigned URLs) and errors",
+        "A job's status, run, progress, outputs (presigned URLs) and errors",
         JobView,
         **{
             "404": _problem("No such job."),

@@ -354,6 +354,7 @@ def job_view(
     return JobView(
         job_id=job.job_id,
         status=job.status,
+        run=job.run,
         created_at=job.created_at,
         updated_at=job.updated_at,
         expires_at=expires_at,

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,17 @@ from aiohttp.test_utils import TestClient
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 
-from pixstream.events import JOB_COMPLETED, JOB_FAILED, STEP_COMPLETED, StepCompleted, make_event
+from pixstream.db import repository
+from pixstream.events import (
+    JOB_COMPLETED,
+    JOB_FAILED,
+    JOB_REQUESTED,
+    JOB_RETRIED,
+    STEP_COMPLETED,
+    STEP_FAILED,
+    StepCompleted,
+    make_event,
+)
 from pixstream.settings import Settings
 from pixstream.stack.minio import MinioService
 from pixstream.storage import ensure_bucket
@@ -25,6 +36,7 @@ from pixstream.topics import load_topics
 from pixstream.worker.reconciler import read_backlog
 from tests.conftest import ClientFactory
 from tests.e2e.conftest import Pipeline, running_pipeline
+from tests.e2e.test_retry import BAD_CROP
 from tests.harness import (
     CONTRACT_SPEC,
     CONTRACT_STEPS,
@@ -172,6 +184,61 @@ async def test_a_job_failed_as_stalled_ends_once_when_its_work_finishes_after_al
             await conn.close()
     assert [e.id for e in pipeline.watcher.of_type(job, *TERMINAL)] == [failed.id]
     assert status == "failed"
+
+
+async def test_a_stalled_retry_is_redriven_as_its_runs_retry(
+    services: Settings, template_database: str, tmp_path: Path
+) -> None:
+    """A retry accepted on the record whose job.retried never reached Kafka (its run is
+    open, nothing waits for it): the reconciler sends it again as that run's job.retried,
+    never as a job.requested, so run 1 ends once under its own id with the kept output."""
+    # Redrives of run 0 count too: room for a few, so run 1 is re-driven, not given up.
+    async with running_pipeline(
+        services, template_database, tmp_path, stall_seconds=2.0, max_redrives=3
+    ) as pipeline:
+        settings = pipeline.settings
+        job = await submit(settings, jpeg_bytes((800, 600)), BAD_CROP)  # retried: thumb kept
+        await pipeline.watcher.wait_terminal([job], within=60)
+        conn = await asyncpg.connect(settings.database_url.get_secret_value())
+        try:
+
+            async def recorded_failed() -> bool:
+                status = await conn.fetchval("SELECT status FROM jobs WHERE job_id = $1", job)
+                return bool(status == "failed")
+
+            assert await wait_until(recorded_failed, within=20)
+            # What POST /v1/jobs/{id}/retry writes, without its outbox row: the event is lost.
+            opened = await repository.open_run(
+                conn, job, 1, {"crop"}, datetime.now(UTC), retry=True
+            )
+            assert opened
+            first_end = len(pipeline.watcher.events[job])
+
+            async def run_ended() -> bool:
+                return len(pipeline.watcher.of_type(job, *TERMINAL)) >= 2
+
+            assert await wait_until(run_ended, within=90), pipeline.worker.log()[-3000:]
+            record = await conn.fetchrow(
+                "SELECT status, run, redrives FROM jobs WHERE job_id = $1", job
+            )
+        finally:
+            await conn.close()
+    after = pipeline.watcher.events[job][first_end:]
+    assert [e.type for e in after if e.type in (JOB_REQUESTED, JOB_RETRIED)] == [JOB_RETRIED]
+    (retried,) = [e for e in after if e.type == JOB_RETRIED]
+    assert (retried.id, retried.data["run"]) == (f"{job}.r1.job.retried", 1)
+    assert set(retried.data["outputs"]) == {"thumb"}
+    run1 = [e for e in after if e.type in (STEP_COMPLETED, STEP_FAILED)]
+    assert {e.data["step"] for e in run1} == {"crop"}  # the kept output was not rendered again
+    assert {e.data["run"] for e in run1} == {1}
+    assert {e.data["code"] for e in run1} != {"stalled"}  # it ran: not given up as stalled
+    first, second = pipeline.watcher.of_type(job, *TERMINAL)
+    assert first.id == f"{job}.job.failed"
+    assert (second.id, second.data["run"]) == (f"{job}.r1.job.failed", 1)
+    assert set(second.data["outputs"]) == {"thumb"}
+    assert record is not None
+    assert (record["status"], record["run"]) == ("failed", 1)
+    assert record["redrives"] >= 1
 
 
 async def _events_handled(settings: Settings) -> bool:

@@ -105,6 +105,7 @@ async def test_post_job_stores_records_and_publishes(client: Client, topics: Set
     job = await view.json()
     conforms(job, "JobView")
     assert job["status"] == "queued"
+    assert job["run"] == 0
     assert job["progress"] == {"steps_total": 3, "steps_done": 0}
     assert job["outputs"] == {}
     assert job["errors"] == []
@@ -314,6 +315,18 @@ async def test_outputs_have_stable_presigned_urls_that_download(
     async with aiohttp.ClientSession() as http, http.get(out["url"]) as resp:
         assert resp.status == 200
         assert await resp.read() == content
+
+
+async def test_a_job_shows_its_current_run(client: Client, topics: Settings) -> None:
+    job_id = await _completed_job(topics, jpeg_bytes(), created_at=datetime.now(UTC))
+    conn = await asyncpg.connect(topics.database_url.get_secret_value())
+    try:
+        await conn.execute("UPDATE jobs SET run = 2 WHERE job_id = $1", job_id)
+    finally:
+        await conn.close()
+    view = await (await client.get(f"/v1/jobs/{job_id}")).json()
+    conforms(view, "JobView")
+    assert view["run"] == 2
 
 
 async def test_a_job_past_retention_is_expired_without_urls(

@@ -88,6 +88,7 @@ def test_models_validate_against_their_schemas() -> None:
     view = JobView(
         job_id="abc",
         status="completed",
+        run=0,
         created_at=now,
         updated_at=now,
         expires_at=now,
@@ -101,6 +102,16 @@ def test_models_validate_against_their_schemas() -> None:
     validator.validate(view.model_dump(mode="json"))
     with pytest.raises(ValidationError):
         validator.validate({**view.model_dump(mode="json"), "status": "lost"})
+    with pytest.raises(ValidationError):
+        validator.validate({**view.model_dump(mode="json"), "run": -1})
+
+
+def test_a_job_shows_its_run() -> None:
+    schema = document()["components"]["schemas"]["JobView"]
+    assert schema["properties"]["run"]["type"] == "integer"
+    assert schema["properties"]["run"]["minimum"] == 0
+    assert "run" in schema["required"]
+    assert "run" in document()["paths"]["/v1/jobs/{job_id}"]["get"]["summary"]
 
 
 def test_the_document_is_a_copy() -> None:
