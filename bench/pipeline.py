@@ -25,7 +25,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from aiokafka import AIOKafkaProducer
+import asyncpg
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from pydantic import SecretStr
 
@@ -149,6 +150,35 @@ class Stage:
                 jobs.append((job, key))
         return jobs
 
+    async def traffic(self) -> dict[str, int]:
+        """Messages in each of the stage's topics (end offsets summed over partitions) and
+        the transactions committed in its database, so far."""
+        counts: dict[str, int] = {}
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap)
+        await admin.start()
+        try:
+            prefixes = (f"{self.settings.topic_prefix}.", f"{self.settings.app_id}-")
+            mine = [t for t in await admin.list_topics() if t.startswith(prefixes)]
+            described = await admin.describe_topics(mine)
+        finally:
+            await admin.close()
+        parts = [
+            TopicPartition(d["topic"], p["partition"]) for d in described for p in d["partitions"]
+        ]
+        async with kafka.open_consumer(self.settings, group_id=None) as consumer:
+            for tp, end in (await consumer.end_offsets(parts)).items():
+                name = "kafka " + tp.topic.replace(self.settings.topic_prefix, "<prefix>", 1)
+                counts[name] = counts.get(name, 0) + end
+        url = self.settings.database_url.get_secret_value()
+        conn = await asyncpg.connect(url)
+        try:
+            counts["postgres transactions"] = await conn.fetchval(
+                "SELECT xact_commit FROM pg_stat_database WHERE datname = $1", url.rsplit("/", 1)[1]
+            )
+        finally:
+            await conn.close()
+        return counts
+
     async def request(self, job: str, key: str) -> float:
         """Produce one job request (acknowledged); returns when it was sent."""
         sent = time.perf_counter()
@@ -206,15 +236,19 @@ async def staged(
         await delete_topics(settings)
 
 
-async def group_stable(settings: Settings, members: int, within: float) -> None:
+async def group_stable(stage: Stage, members: int, within: float) -> None:
     """Wait until the workers' consumer group is stable with `members` members: a job sent
     while the second process joins waits out the rebalance, and is measured with it."""
+    settings = stage.settings
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
     await admin.start()
     try:
         deadline = time.monotonic() + within
         state, joined = "", 0
         while time.monotonic() < deadline:
+            if stage.worker.proc.poll() is not None:
+                tail = stage.worker.log.read_text(errors="replace")[-3000:]
+                raise SystemExit(f"the worker exited ({stage.worker.proc.returncode}):\n{tail}")
             [described] = await admin.describe_consumer_groups([settings.app_id])
             _error, _group, state, _kind, _protocol, group_members = described.groups[0]
             joined = len(group_members)
@@ -229,11 +263,11 @@ async def group_stable(settings: Settings, members: int, within: float) -> None:
 async def wait_ready(stage: Stage, photos: Sequence[bytes], warm_jobs: int, members: int) -> None:
     """The group stable with every worker process, then `warm_jobs` through Kafka (the render
     children started, the connections open), then the group still stable."""
-    await group_stable(stage.settings, members, STARTUP_SECONDS)
+    await group_stable(stage, members, STARTUP_SECONDS)
     warm = await stage.put_sources(photos, warm_jobs)
     await asyncio.gather(*(stage.request(j, k) for j, k in warm))
     await stage.finished.all([j for j, _ in warm], within=STARTUP_SECONDS)
-    await group_stable(stage.settings, members, STARTUP_SECONDS)
+    await group_stable(stage, members, STARTUP_SECONDS)
 
 
 @dataclass(frozen=True)

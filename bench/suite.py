@@ -77,6 +77,8 @@ class Results:
     failed: int = 0
     profile: pyspy.Loop | None = None
     profile_cpu: Phase | None = None
+    traffic: dict[str, int] = field(default_factory=dict)  # before the profile's burst
+    jobs_seen: int = 0
 
 
 async def measured(
@@ -183,6 +185,8 @@ async def run(args: argparse.Namespace, sampler: Sampler, logs: Path) -> Results
                 print(f"  failed so far: {len(stage.finished.failed)}", flush=True)
                 results.rounds.append(phases)
             results.failed = len(stage.finished.failed)
+            results.traffic = await stage.traffic()
+            results.jobs_seen = len(stage.finished.at)
             if args.profile:
                 try:
                     results.profile, results.profile_cpu = await profiled(
@@ -312,6 +316,15 @@ def render(args: argparse.Namespace, results: Results, sampler: Sampler) -> str:
         table(["process", "peak RSS MB", "first RSS MB", "last RSS MB", "samples"], rows),
         "",
     ]
+    if results.jobs_seen:
+        rows = [[what, n / results.jobs_seen] for what, n in sorted(results.traffic.items()) if n]
+        out += [
+            f"Traffic per job ({results.jobs_seen} jobs, warm-up included; `<prefix>-...` "
+            "are Faust's own topics, e.g. the tracker table's changelog):",
+            "",
+            table(["what", "per job"], rows),
+            "",
+        ]
     if results.profile:
         out += [profile_summary(results.profile), ""]
     out.append(f"Jobs that failed: {results.failed}.")
