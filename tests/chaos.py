@@ -137,6 +137,12 @@ def make_schedule(
     return Schedule(seed, seconds, tuple(sorted(faults, key=lambda f: f.at)))
 
 
+def distinct_source(n: int) -> bytes:
+    """A source of its own for job `n`: identical bytes would be rendered once and copied
+    after (render once), and the suite is about renders under faults."""
+    return jpeg_bytes(SOURCE_SIZE, color=(n % 256, (n // 256) % 256, 40))
+
+
 def long_hang_seconds(retry_attempts: int) -> float:
     """A hang longer than the retry budget: every attempt times out, with the tiers between."""
     waits = sum(TIERS[min(a, len(TIERS)) - 1].delay_seconds for a in range(1, retry_attempts + 1))
@@ -397,9 +403,9 @@ class ChaosRun:
         if any(f.name == "s3-long" for f in self.schedule.faults):
             hang = 2 * long_hang_seconds(self.settings.retry_attempts)
             count += int(hang / self.options.interval / 2)
-        data = jpeg_bytes(SOURCE_SIZE)
         async with open_storage(self.settings) as storage:
-            for _ in range(count):
+            for n in range(count):
+                data = distinct_source(n)
                 job = new_job_id()
                 key = f"raw/{job}/source.jpg"
                 await storage.put(key, data, "image/jpeg")
@@ -432,7 +438,7 @@ class ChaosRun:
 
     async def _http_job(self) -> None:
         form = aiohttp.FormData()
-        form.add_field("file", jpeg_bytes(SOURCE_SIZE), filename="photo.jpg")
+        form.add_field("file", distinct_source(-len(self.accepted) - 1), filename="photo.jpg")
         spec = {**CONTRACT_SPEC, "webhook_url": self.receiver.url}
         form.add_field("spec", json.dumps(spec), content_type="application/json")
         try:
