@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any, Final
 
+from faust.exceptions import ConsumerNotStarted
 from mode import Service
 
 from pixstream import metrics
@@ -130,8 +131,12 @@ class Lanes(Service):
         consumer = self._app.consumer
         if consumer is None:
             return
+        try:
+            assignment = consumer.assignment()
+        except ConsumerNotStarted:  # the timer starts with the app, before its consumer
+            return
         busy = self.waiting()
-        batch_tps = [tp for tp in consumer.assignment() if tp.topic in self._batch]
+        batch_tps = [tp for tp in assignment if tp.topic in self._batch]
         if busy:
             self._idle.clear()
             consumer.pause_partitions(batch_tps)
