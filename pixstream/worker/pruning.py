@@ -55,9 +55,11 @@ def _deleted(status: str) -> int:
 async def prune_database(conn: Any, older_than: float, replays_older_than: float) -> dict[str, int]:
     """Delete what is older than the limits; the rows deleted per table (empty when another
     process holds the pruning lock)."""
-    if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", PRUNE_LOCK):
-        return {}
-    try:
+    # A transaction's lock: it ends with the transaction, so a pooled connection never
+    # carries it to its next user (the pools skip asyncpg's session reset).
+    async with conn.transaction():
+        if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", PRUNE_LOCK):
+            return {}
         counts = {
             table: _deleted(await conn.execute(sql, float(older_than)))
             for table, sql in PRUNE_SQL.items()
@@ -65,8 +67,6 @@ async def prune_database(conn: Any, older_than: float, replays_older_than: float
         replays = await conn.execute(PRUNE_REPLAYS, float(replays_older_than))
         counts["dead_letter_replays"] = _deleted(replays)
         return counts
-    finally:
-        await conn.execute("SELECT pg_advisory_unlock($1)", PRUNE_LOCK)
 
 
 class TablePruner:

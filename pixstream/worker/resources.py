@@ -17,6 +17,7 @@ from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from mode import Service
 
 from pixstream import kafka, metrics, netguard
+from pixstream.db import repository
 from pixstream.db.failures import retry_in_place
 from pixstream.events import CloudEvent
 from pixstream.redelivery import Record, dead_letter_copy, parked_headers, tier_for, truncated
@@ -53,7 +54,11 @@ class Resources(Service):
         self.renderer = await self._stack.enter_async_context(RenderPool.from_settings(s))
         # min_size 0: a worker starts (and serves Kafka) while PostgreSQL restarts.
         self.pool = await asyncpg.create_pool(
-            s.database_url.get_secret_value(), min_size=0, max_size=5, command_timeout=10
+            s.database_url.get_secret_value(),
+            min_size=0,
+            max_size=5,
+            command_timeout=10,
+            reset=repository.release_reset,
         )
         self._stack.push_async_callback(self.pool.close)
         self.http = netguard.guarded_session(
