@@ -12,10 +12,6 @@ ON CONFLICT (task_id) DO UPDATE
 RETURNING starts
 """
 CONCLUDE: Final = "DELETE FROM render_starts WHERE task_id = $1"
-NOT_A_CRASH: Final = """
-UPDATE render_starts SET starts = greatest(starts - 1, 0), updated_at = now()
-WHERE task_id = $1
-"""
 
 
 async def start(conn: Any, task_id: str, job_id: str) -> int:
@@ -27,8 +23,3 @@ async def start(conn: Any, task_id: str, job_id: str) -> int:
 async def conclude(conn: Any, task_id: str) -> None:
     """The task has its answer (outputs or a permanent failure)."""
     await conn.execute(CONCLUDE, task_id)
-
-
-async def not_a_crash(conn: Any, task_id: str) -> None:
-    """The render stopped for a dependency (S3 away), not because it crashed."""
-    await conn.execute(NOT_A_CRASH, task_id)

@@ -61,6 +61,7 @@ class OutputView(Model):
     bytes: int = Field(ge=0)
     reused_from: str | None = Field(
         default=None,
+        exclude_if=lambda v: v is None,  # present only on a reused output, as the contract says
         description="The job whose identical output (same source bytes, steps and engine) "
         "was copied instead of rendered again.",
     )
@@ -72,7 +73,9 @@ class MetadataView(Model):
     kind: Literal["metadata"] = "metadata"
     data: Analysis
     reused_from: str | None = Field(
-        default=None, description="The job whose identical report was reused instead of made."
+        default=None,
+        exclude_if=lambda v: v is None,
+        description="The job whose identical report was reused instead of made.",
     )
 
 

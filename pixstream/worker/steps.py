@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Sequence
 
 from pixstream import errors, metrics
 from pixstream.db import render_starts
@@ -25,7 +26,7 @@ from pixstream.events import (
 )
 from pixstream.plan import Plan
 from pixstream.render import Rendered
-from pixstream.spec import JobSpec
+from pixstream.spec import JobSpec, StepSpec
 from pixstream.worker.handling import Message, Route
 from pixstream.worker.resources import Resources
 from pixstream.worker.reuse import Renditions
@@ -87,55 +88,17 @@ async def render_task(res: Resources, message: Message[TaskRequested], op: str) 
         "offset": record.offset,
     }
     started = time.perf_counter()
-    crashes = (
-        await res.write_db(
-            lambda conn: render_starts.start(conn, message.event.id, task.job_id),
-            what="counting a render start",
-            job_id=task.job_id,
-        )
-        - 1
-    )
     try:
-        if crashes >= MAX_CRASHES:
-            raise errors.RendererCrashed(
-                f"rendering this task was interrupted {crashes} times (the renderer or its "
-                "worker died); given up"
-            )
         source = await res.storage.get(task.source_key, max_bytes=res.settings.max_upload_bytes)
         # Outputs already rendered for this tenant are copied; only the rest is rendered.
         async with Renditions(res, message, source, op) as once:
-            try:
-                rendered = await once.render(
-                    lambda steps: res.renderer.render(
-                        source,
-                        steps,
-                        max_pixels=res.settings.max_pixels,
-                        max_frames=res.settings.max_frames,
-                    )
-                )
-            except errors.RendererCrashed as exc:
-                if crashes + 1 >= MAX_CRASHES:
-                    raise
-                # Once may be the host (the OOM killer, a recycled child): try again, counted.
-                raise RenderInterrupted(exc.message) from exc
+            rendered = await once.render(lambda steps: _counted_render(res, message, source, steps))
             outputs = await _store(res, task.job_id, rendered)
             await once.keep(outputs)
             outputs.update(once.reused)
-    except RenderInterrupted:
-        metrics.TASKS.labels(op=op, outcome="retry").inc()
-        raise
     except errors.TransientError:
         metrics.TASKS.labels(op=op, outcome="retry").inc()
-        await res.write_db(
-            lambda conn: render_starts.not_a_crash(conn, message.event.id),
-            what="uncounting a render start",
-            job_id=task.job_id,
-        )
         raise
-    except errors.PermanentError:
-        await _concluded(res, message)
-        raise
-    await _concluded(res, message)
 
     metrics.OP_SECONDS.labels(op=op).observe(time.perf_counter() - started)
     metrics.TASKS.labels(op=op, outcome="completed" if rendered.ok else "failed").inc()
@@ -171,6 +134,44 @@ async def render_task(res: Resources, message: Message[TaskRequested], op: str) 
             )
     await _report(res, events, task.job_id)
     log.info("task done in %.0f ms", (time.perf_counter() - started) * 1000, extra=extra)
+
+
+async def _counted_render(
+    res: Resources, message: Message[TaskRequested], source: bytes, steps: Sequence[StepSpec]
+) -> Rendered:
+    """The render itself, counted in PostgreSQL from its start to its answer: only a render
+    that never answered (its process or its worker died meanwhile) counts as a crash. Waits on
+    S3, Kafka or another task's render do not, so a worker killed during those (the fault
+    suite kills one every few seconds) never turns a good task into worker_crashed."""
+    task = message.data
+    crashes = (
+        await res.write_db(
+            lambda conn: render_starts.start(conn, message.event.id, task.job_id),
+            what="counting a render start",
+            job_id=task.job_id,
+        )
+        - 1
+    )
+    try:
+        if crashes >= MAX_CRASHES:
+            raise errors.RendererCrashed(
+                f"rendering this task was interrupted {crashes} times (the renderer or its "
+                "worker died); given up"
+            )
+        rendered = await res.renderer.render(
+            source, steps, max_pixels=res.settings.max_pixels, max_frames=res.settings.max_frames
+        )
+    except errors.RendererCrashed as exc:
+        if crashes + 1 >= MAX_CRASHES:
+            await _concluded(res, message)
+            raise
+        # Once may be the host (the OOM killer, a recycled child): try again, counted.
+        raise RenderInterrupted(exc.message) from exc
+    except errors.PermanentError:
+        await _concluded(res, message)
+        raise
+    await _concluded(res, message)
+    return rendered
 
 
 async def _concluded(res: Resources, message: Message[TaskRequested]) -> None:

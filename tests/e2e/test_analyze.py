@@ -103,7 +103,7 @@ async def test_the_report_is_in_the_record_the_event_and_the_webhook(
 
     assert job["status"] == "completed", job
     info = job["outputs"]["info"]
-    assert set(info) == {"kind", "data"}
+    assert set(info) == {"kind", "data"}, (job_id, info.get("reused_from"))
     assert info["kind"] == "metadata"
     report = info["data"]
     assert (report["width"], report["height"], report["format"]) == (200, 400, "jpeg")
