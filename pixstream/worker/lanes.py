@@ -131,6 +131,12 @@ class Lanes(Service):
         consumer = self._app.consumer
         if consumer is None:
             return
+        if self._app.rebalancing or getattr(self._app, "in_recovery", False):
+            # Faust pauses every partition while it revokes and recovers tables, and resumes
+            # them itself after: a resume from here would let records in that its streams,
+            # suspended, drop (and a revocation wait on them).
+            self._idle.clear()
+            return
         try:
             assignment = consumer.assignment()
         except ConsumerNotStarted:  # the timer starts with the app, before its consumer
