@@ -211,6 +211,11 @@ class JobRetried(Data):
     source_key: str = Field(min_length=1)
     outputs: dict[str, Output] = Field(default_factory=dict)
     webhook_url: str | None = None
+    priority: Priority = Field(
+        default=INTERACTIVE,
+        exclude_if=lambda v: v == INTERACTIVE,
+        description="The job's own: a batch job's retry runs in the batch lane too.",
+    )
 
 
 DATA_MODELS: Final[dict[str, type[Data]]] = {

@@ -39,6 +39,7 @@ from pixstream.events import (
     parse_data,
 )
 from pixstream.rerun import rerun_steps
+from pixstream.spec import INTERACTIVE
 
 QUEUED: Final = "queued"
 PROCESSING: Final = "processing"
@@ -590,4 +591,6 @@ def _requested_spec(data: JobRequested) -> str:
     spec: dict[str, Any] = {"steps": [s.model_dump(mode="json") for s in data.steps]}
     if data.webhook_url is not None:
         spec["webhook_url"] = data.webhook_url
+    if data.priority != INTERACTIVE:  # what a retry of the job runs in
+        spec["priority"] = data.priority
     return json.dumps(spec)

@@ -64,7 +64,7 @@ from pixstream.ops import catalogue
 from pixstream.ownership import request_digest, with_tenant
 from pixstream.plan import Plan
 from pixstream.rerun import kept_outputs, rerun_steps
-from pixstream.spec import ID_PATTERN, JobSpec, StepSpec, parse_spec
+from pixstream.spec import ID_PATTERN, INTERACTIVE, JobSpec, StepSpec, parse_spec
 
 log = logging.getLogger(__name__)
 
@@ -229,6 +229,7 @@ async def retry_job(request: web.Request) -> web.Response:
         source_key=source_key,
         outputs=kept,
         webhook_url=job.webhook_url,
+        priority=job.spec.get("priority", INTERACTIVE),
     )
     event = with_tenant(make_event(JOB_RETRIED, retried), job.tenant)
     async with (

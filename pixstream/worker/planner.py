@@ -153,7 +153,7 @@ async def plan_retry(res: Resources, message: Message[JobRetried]) -> None:
         run=retried.run,
     )
     await res.send(
-        res.settings.topic(f"op.{first_op}"),
+        res.settings.topic(op_topic(first_op, retried.priority)),
         make_event(TASK_REQUESTED, task).to_bytes(),
         key=retried.job_id,
     )

@@ -50,7 +50,7 @@ from pixstream.plan import Plan
 from pixstream.redelivery import REDRIVE, TIERS
 from pixstream.rerun import kept_outputs
 from pixstream.settings import Settings
-from pixstream.spec import JobSpec, StepSpec
+from pixstream.spec import INTERACTIVE, JobSpec, StepSpec
 from pixstream.topics import load_topics
 from pixstream.worker.resources import Resources
 
@@ -185,6 +185,7 @@ class Reconciler(Service):
             steps=[StepSpec.model_validate(s) for s in spec["steps"]],
             webhook_url=job["webhook_url"],
             source=SourceKey(key=job["source_key"] or Plan.raw_key(job_id, "unknown")),
+            priority=spec.get("priority", INTERACTIVE),
         )
         run: int = job.get("run", 0)
         announced = with_tenant(_request_of(job, request, run), job["tenant"])
@@ -230,6 +231,7 @@ def _request_of(job: Mapping[str, Any], request: JobRequested, run: int) -> Clou
         source_key=job["source_key"] or Plan.raw_key(request.job_id, "unknown"),
         outputs={sid: made[sid] for sid in kept_outputs(request.steps, made)},
         webhook_url=request.webhook_url,
+        priority=request.priority,
     )
     return make_event(JOB_RETRIED, retried)
 

@@ -14,6 +14,7 @@ import aiohttp
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
+from aiokafka import AIOKafkaConsumer
 
 from pixstream.db import tenants
 from pixstream.events import JOB_COMPLETED, JOB_FAILED, JOB_RETRIED, STEP_COMPLETED, STEP_FAILED
@@ -284,3 +285,41 @@ async def test_a_retry_reruns_only_the_failed_branch_and_each_run_ends_once(
     await problem(await retry(api, job_id), 409, "job_not_retryable")
     await asyncio.sleep(1.0)
     assert len(receiver.for_job(job_id)) == 3
+
+
+async def test_a_batch_jobs_retry_runs_in_the_batch_lane(pipeline: Pipeline, api: Client) -> None:
+    spec = {"steps": [s.model_dump(mode="json") for s in BAD_CROP], "priority": "batch"}
+    job_id = await post_job(api, spec)
+    assert (await finished(api, job_id))["status"] == "failed"
+    resp = await retry(api, job_id)
+    assert resp.status == 202, await resp.text()
+    # The first run's task began with the thumbnail; the retry re-runs the failed crop
+    # alone, and its task waits on the crop op's batch topic.
+    first = await _tasks_on(pipeline.settings, "op.thumbnail.batch", job_id)
+    assert [t["data"].get("run", 0) for t in first] == [0]
+    again = await _tasks_on(pipeline.settings, "op.crop.batch", job_id)
+    assert [t["data"].get("run", 0) for t in again] == [1]
+
+
+async def _tasks_on(settings: Settings, topic: str, job_id: str) -> list[Any]:
+    """The job's task events on `topic`, once there is one."""
+    consumer = AIOKafkaConsumer(
+        settings.topic(topic),
+        bootstrap_servers=settings.kafka_bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    found: list[Any] = []
+    try:
+        for _ in range(int(WITHIN / 0.5)):
+            batch = await consumer.getmany(timeout_ms=500)
+            for records in batch.values():
+                found += [
+                    e for r in records if (e := json.loads(r.value))["data"]["job_id"] == job_id
+                ]
+            if found:
+                break
+    finally:
+        await consumer.stop()
+    return sorted(found, key=lambda e: e["data"].get("run", 0))
