@@ -105,17 +105,24 @@ class CommitLedger:
 
     def advance(self, tp: TP) -> int | None:
         """The offset to commit for `tp` now (past every handled message before it), or None
-        when the next message to commit has not been handled."""
+        when the next message to commit has not been handled. Nothing moves until
+        `committed`: a commit the broker refuses (a rebalance began) is proposed again."""
         part = self._parts.get(tp)
         if part is None or part.base is None or part.base not in part.done:
             return None
         offset = part.base
         while offset in part.done:
-            part.done.discard(offset)
             offset += 1
+        return offset
+
+    def committed(self, tp: TP, offset: int) -> None:
+        """The broker took the commit of `tp` at `offset`."""
+        part = self._parts.get(tp)
+        if part is None or part.base is None or offset <= part.base:
+            return
+        part.done = {o for o in part.done if o >= offset}
         part.base = offset
         part.since = time.monotonic()
-        return offset
 
     def held(self, now: float | None = None) -> dict[TP, tuple[int, float]]:
         """Partitions whose commit waits on an unfinished message while handlers have gone
@@ -222,6 +229,22 @@ class LedgerConsumer(faust_aiokafka.Consumer):
 
     def _new_offset(self, tp: TP) -> int | None:
         return self.ledger.advance(tp)
+
+    def _should_commit(self, tp: TP, offset: int) -> bool:
+        # Faust records an offset as committed when it only tried (`_commit_offsets` updates
+        # `_committed_offset` whatever the broker said), so its own check would never try a
+        # refused commit again; the ledger proposes only what is not committed yet.
+        return True
+
+    async def _commit(self, offsets: Any) -> bool:
+        # A commit refused because a rebalance began returns False here, and that partition
+        # keeps its offsets until a commit is taken: with nothing more arriving on it, the
+        # commit is otherwise never made (its group offset stays behind, or absent, for good).
+        took = bool(await super()._commit(offsets))
+        if took:
+            for tp, offset in offsets.items():
+                self.ledger.committed(tp, offset)
+        return took
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         await super().on_partitions_revoked(revoked)

@@ -84,6 +84,31 @@ def test_the_ledger_consumer_commits_only_what_a_handler_finished(
     assert consumer._new_offset(TP0) == base + 4
 
 
+async def test_a_commit_the_broker_refused_is_made_at_the_next_commit(
+    app: faust.App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A commit sent while a rebalance begins comes back refused ("already rebalanced"), and
+    # Faust notes the offset as committed all the same. With nothing more arriving on the
+    # partition, a ledger that moved on the attempt never commits it: the group's offset
+    # stays absent and the partition looks unfinished forever (seen in the fault suite).
+    consumer = _consumer(app, LedgerTransport)
+    consumer.ledger.start(TP0, 0)
+    consumer.handled(_message(0))
+    answers = iter([False, True])
+
+    async def broker(self: Any, offsets: Any) -> bool:
+        return next(answers)
+
+    monkeypatch.setattr(faust_aiokafka.Consumer, "_commit", broker)
+    for took in (False, True):
+        proposed = consumer._filter_committable_offsets([TP0])
+        assert proposed == {TP0: 1}
+        assert await consumer._commit(proposed) is took
+        consumer._committed_offset.update(proposed)  # what Faust does either way
+    assert consumer._filter_committable_offsets([TP0]) == {}
+    assert list(consumer._filter_tps_with_pending_acks()) == []
+
+
 def test_ledger_moves_over_out_of_order_completions_only_when_unbroken() -> None:
     ledger = CommitLedger()
     ledger.handled(TP0, 7)  # handled before the committed offset was known
@@ -95,8 +120,11 @@ def test_ledger_moves_over_out_of_order_completions_only_when_unbroken() -> None
     assert ledger.held(now=float("inf"))[TP0][0] == 5
     ledger.handled(TP0, 5)
     assert ledger.advance(TP0) == 8
+    assert ledger.advance(TP0) == 8  # proposed again until the broker takes it
+    ledger.committed(TP0, 8)
     assert ledger.advance(TP0) is None
     assert ledger.held() == {}
+    assert list(ledger.pending()) == []
 
 
 def test_a_message_dropped_before_its_handler_is_a_hole_one_being_handled_is_not() -> None:
