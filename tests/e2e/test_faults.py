@@ -334,7 +334,8 @@ async def test_dlq_replay_redrives_a_dead_letter_once_the_cause_is_fixed(
                 await asyncio.sleep(1)
             assert job in listing.stdout, listing.stdout + listing.stderr
             assert "TransientError" in listing.stdout
-            assert f"from {settings.topic('jobs')}@" in listing.stdout
+            # The op agent's GET of the source is the job's first S3 call.
+            assert f"from {settings.topic('op.resize')}@" in listing.stdout
             assert "attempts=2" in listing.stdout
         finally:
             private_s3.up()
@@ -351,4 +352,4 @@ async def test_dlq_replay_redrives_a_dead_letter_once_the_cause_is_fixed(
         (terminal,) = pipeline.watcher.of_type(job, *TERMINAL)
         assert terminal.type == JOB_COMPLETED
         requested = [e for e in pipeline.watcher.events[job] if e.type == "pixstream.job.requested"]
-        assert len(requested) == 1  # the replayed request was planned exactly once
+        assert len(requested) == 1  # planned once: the replay re-sent only the task
