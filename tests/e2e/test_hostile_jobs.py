@@ -3,6 +3,7 @@ with a precise code, the worker process lives on, and a normal job right after c
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -98,15 +99,25 @@ async def test_a_task_whose_worker_is_killed_twice_mid_render_fails_worker_crash
         conn = await asyncpg.connect(pipeline.settings.database_url.get_secret_value())
         try:
             for starts in (1, 2):
-
+                # At least `starts` renders begun: a restarted worker may also get a second
+                # copy of the task (its job request read again, the commit having died with
+                # the worker), and each copy counts, so the count can jump past `starts`.
                 async def rendering(n: int = starts) -> Any:
+                    if pipeline.watcher.of_type(bomb, *TERMINAL):
+                        return True
                     got = await conn.fetchval(
                         "SELECT starts FROM render_starts WHERE job_id = $1", bomb
                     )
-                    return got == n
+                    return got is not None and got >= n
 
                 assert await wait_until(rendering, within=90), pipeline.worker.log()[-3000:]
+                if pipeline.watcher.of_type(bomb, *TERMINAL):
+                    break  # the copies' starts reached the limit first
                 pipeline.worker.kill()
+                # Restart once the group has expelled the dead member (session 10 s): a new
+                # member joining while it lingers was seen, now and then, to leave the group
+                # without an assignment for minutes (an open defect, in the closing note).
+                await asyncio.sleep(11.0)
                 pipeline.restart_worker()
             await pipeline.watcher.wait_terminal([bomb], within=120)
         finally:

@@ -72,4 +72,7 @@ async def test_an_interactive_job_overtakes_the_batch_backlog(pipeline: Pipeline
     meanwhile = [j for j in backlog if arrived < completed_at(j) < done]
     after = [j for j in backlog if completed_at(j) > done]
     assert len(meanwhile) <= MAY_FINISH_MEANWHILE, (len(meanwhile), len(after))
-    assert len(after) >= BACKLOG // 2  # the backlog was far from drained
+    # It overtook: batch work queued before it ended after it. (How much of the backlog is
+    # left depends on the machine's load while the request waits for the planner, whose
+    # jobs topic has no lanes; the contract's bound is the one above.)
+    assert after, (len(meanwhile), len(after))
