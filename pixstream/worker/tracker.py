@@ -60,16 +60,27 @@ async def track(
     if not progress.record(data):
         log.debug("duplicate step result dropped", extra={"job_id": data.job_id, "step": data.step})
         return
+    await _settle(res, table, data.job_id, progress, flush_changelog)
+
+
+async def _settle(
+    res: Resources,
+    table: Table,
+    job_id: str,
+    progress: JobProgress,
+    flush_changelog: Callable[[], Awaitable[None]],
+) -> None:
+    """Store the job's progress; when every output has its result, end the run once."""
     if not progress.resolved:
-        table[data.job_id] = progress.to_json()
+        table[job_id] = progress.to_json()
         return
-    event_type, terminal = progress.finish(data.job_id, time.time())
-    table[data.job_id] = progress.to_json()
+    event_type, terminal = progress.finish(job_id, time.time())
+    table[job_id] = progress.to_json()
     # The changelog must say "terminal" before the world hears it, so a crash right after
     # the emit cannot make a restarted tracker emit it again.
     await flush_changelog()
-    await res.emit(make_event(event_type, terminal), key=data.job_id)
-    log.info("job %s", event_type.rsplit(".", 1)[1], extra={"job_id": data.job_id})
+    await res.emit(make_event(event_type, terminal), key=job_id)
+    log.info("job %s", event_type.rsplit(".", 1)[1], extra={"job_id": job_id})
 
 
 async def _reopen(
@@ -89,11 +100,5 @@ async def _reopen(
             await res.emit(make_event(event_type, terminal), key=retried.job_id)
         return
     log.info("job reopened for run %d", retried.run, extra={"job_id": retried.job_id})
-    if not reopened.resolved:
-        table[retried.job_id] = reopened.to_json()
-        return
-    # Nothing left to run (every output kept): no step result will come to end the run.
-    event_type, terminal = reopened.finish(retried.job_id, time.time())
-    table[retried.job_id] = reopened.to_json()
-    await flush_changelog()
-    await res.emit(make_event(event_type, terminal), key=retried.job_id)
+    # Resolved already when every output was kept: no step result would come to end the run.
+    await _settle(res, table, retried.job_id, reopened, flush_changelog)
