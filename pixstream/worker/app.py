@@ -75,6 +75,9 @@ def build_app(settings: Settings, ops: Sequence[str] | None = None) -> faust.App
         broker=f"kafka://{settings.kafka_bootstrap}",
         # Tables live in memory and are rebuilt from their Kafka changelog on start.
         store="memory://",
+        # Faust's default datadir is `<app id>-data` in the working directory: one stray
+        # folder per app id (every test run has its own) wherever a worker was started.
+        datadir=str(settings.home / "faust" / "{conf.name}"),
         web_enabled=False,
         autodiscover=False,
         topic_partitions=partitions[settings.topic("events")],
