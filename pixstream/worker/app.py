@@ -70,6 +70,8 @@ def build_app(settings: Settings, ops: Sequence[str] | None = None) -> faust.App
     """The worker's Faust app running the op agents of `ops` (all when None) and the
     planner, tracker, recorder, notifier and retry relays, and the webhook delivery loop."""
     partitions = {t.name: t.partitions for t in load_topics(settings)}
+    datadir = settings.home / "faust"
+    datadir.mkdir(parents=True, exist_ok=True)  # Faust makes only the last folder
     app = WorkerApp(
         settings.app_id,
         broker=f"kafka://{settings.kafka_bootstrap}",
@@ -77,7 +79,7 @@ def build_app(settings: Settings, ops: Sequence[str] | None = None) -> faust.App
         store="memory://",
         # Faust's default datadir is `<app id>-data` in the working directory: one stray
         # folder per app id (every test run has its own) wherever a worker was started.
-        datadir=str(settings.home / "faust" / "{conf.name}"),
+        datadir=str(datadir / "{conf.name}"),
         web_enabled=False,
         autodiscover=False,
         topic_partitions=partitions[settings.topic("events")],
