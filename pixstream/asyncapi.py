@@ -43,6 +43,7 @@ _PUBLIC: Final = {
 }
 _LIFECYCLE: Final = [
     events.JOB_RETRIED,  # the planner's announcement of a retry's run
+    events.TASK_STARTED,
     events.STEP_COMPLETED,
     events.STEP_FAILED,
     events.JOB_COMPLETED,
@@ -371,6 +372,12 @@ def _event_message(type_: str) -> dict[str, Any]:
             " Published by the ingress (through its outbox) for `POST /v1/jobs/{id}/retry`, "
             "with the job's tenant in `pixstreamtenant`; the planner announces it on the events "
             "topic before the run's task, so consumers see the run open before its results."
+        )
+    if type_ == events.TASK_STARTED:
+        description += (
+            " Published by the op agent as it takes the task, before any of the task's step "
+            "results; each `pixstream.step.completed` or `pixstream.step.failed` then follows "
+            "as soon as its step is done, and the job's terminal event after the last."
         )
     return {
         "name": type_,

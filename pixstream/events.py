@@ -35,6 +35,7 @@ JOB_COMPLETED: Final = "pixstream.job.completed"
 JOB_FAILED: Final = "pixstream.job.failed"
 TASK_REQUESTED: Final = "pixstream.task.requested"  # internal: on pixstream.op.<op> topics
 JOB_RETRIED: Final = "pixstream.job.retried"
+TASK_STARTED: Final = "pixstream.task.started"
 #: The events that end a run (a retry opens the next one).
 TERMINAL_TYPES: Final = frozenset({JOB_COMPLETED, JOB_FAILED})
 
@@ -157,6 +158,18 @@ class TaskRequested(Data):
     run: Run = 0
 
 
+class TaskStarted(Data):
+    """An op agent took a task: the job is `processing` from then on.
+
+    Each of the task's step results follows as soon as that step is done. A redelivered
+    task publishes it again with the same id (`{job}.task.started.{first step}`)."""
+
+    job_id: JobId
+    op: str = Field(description="The op agent that took the task (its first step's op).")
+    steps: list[str] = Field(min_length=1, description="The ids of the task's steps.")
+    run: Run = 0
+
+
 class StepCompleted(Data):
     """A step finished; `output` is set when the step is an output of the job."""
 
@@ -226,6 +239,7 @@ DATA_MODELS: Final[dict[str, type[Data]]] = {
     JOB_FAILED: JobFailed,
     TASK_REQUESTED: TaskRequested,
     JOB_RETRIED: JobRetried,
+    TASK_STARTED: TaskStarted,
 }
 
 
@@ -262,6 +276,15 @@ def event_id_for(job_id: str, type: str, step: str | None = None, run: int = 0) 
     return f"{head}.{short}" if step is None else f"{head}.{short}.{step}"
 
 
+def _id_step(data: Data) -> str | None:
+    # A task is named by its first step (a job has one task per run); a step event by its step.
+    if isinstance(data, TaskRequested):
+        return data.steps[0].id
+    if isinstance(data, TaskStarted):
+        return data.steps[0]
+    return getattr(data, "step", None)
+
+
 def make_event(
     type: str,
     data: Data,
@@ -274,7 +297,7 @@ def make_event(
     if DATA_MODELS.get(type) is not data.__class__:
         raise TypeError(f"{data.__class__.__name__} is not the data of {type!r}")
     if id is None:
-        step = data.steps[0].id if isinstance(data, TaskRequested) else getattr(data, "step", None)
+        step = _id_step(data)
         run = getattr(data, "run", 0)
         id = event_id_for(getattr(data, "job_id", "unknown"), type, step, run)
     return CloudEvent(

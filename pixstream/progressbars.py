@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextC
 from rich.table import Table
 
 from pixstream.batch import Outcome
-from pixstream.events import JOB_REQUESTED, STEP_COMPLETED, STEP_FAILED, CloudEvent
+from pixstream.events import JOB_REQUESTED, STEP_COMPLETED, STEP_FAILED, TASK_STARTED, CloudEvent
 
 STYLE = {"completed": "green", "failed": "red", "error": "red", "submitted": "cyan"}
 
@@ -51,6 +51,8 @@ class Bars:
             return
         if event.type == JOB_REQUESTED:
             self.progress.update(bar, total=len(event.data.get("steps", [])))
+        elif event.type == TASK_STARTED:
+            self.progress.update(bar, description=f"{escape(outcome.file)} (processing)")
         elif event.type in (STEP_COMPLETED, STEP_FAILED):
             self.progress.advance(bar)
 

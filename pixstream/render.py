@@ -4,11 +4,13 @@ Pure and thread-safe (no shared state), so the worker can run it in a thread poo
 render pool's processes. A step that fails permanently fails alone: its descendants are
 skipped, other branches complete. A step whose output would be over the pixel budget fails
 with `too_many_pixels` before Pillow allocates it. A metadata step (analyze) leaves a report
-instead of an encoded output.
+instead of an encoded output. `on_step` hears of each step the moment it is done, so a caller
+can store and announce it while the next step renders.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from PIL import Image
@@ -58,11 +60,36 @@ class Rendered:
     def ok(self) -> bool:
         return not self.failures
 
+    def result(self, step: str) -> StepResult:
+        """What is known of `step` (nothing but its id for an intermediate step that ran)."""
+        return StepResult(
+            step, self.outputs.get(step), self.reports.get(step), self.failures.get(step)
+        )
 
-def render(source: bytes, plan: Plan, *, max_pixels: int, max_frames: int) -> Rendered:
+
+@dataclass(frozen=True)
+class StepResult:
+    """One step done: its encoded output, its report or its failure (all None for an
+    intermediate step, whose image only its readers use)."""
+
+    step: str
+    output: RenderedOutput | None = None
+    report: BaseModel | None = None
+    failure: StepFailure | None = None
+
+
+def render(
+    source: bytes,
+    plan: Plan,
+    *,
+    max_pixels: int,
+    max_frames: int,
+    on_step: Callable[[StepResult], None] | None = None,
+) -> Rendered:
     """Render every output of `plan`; decode errors raise (the whole job fails with them).
 
     `max_pixels` bounds the source (every frame and their sum) and each step's output.
+    `on_step` is called with each step's result as soon as it is known, in plan order.
     """
     decoded = codec.decode(
         source,
@@ -97,6 +124,8 @@ def render(source: bytes, plan: Plan, *, max_pixels: int, max_frames: int) -> Re
                         result.outputs[sid] = _encode(plan, sid, frames, decoded)
             except errors.PermanentError as exc:
                 result.failures[sid] = StepFailure(sid, exc.code, exc.message)
+        if on_step is not None:
+            on_step(result.result(sid))
         readers[parent] -= 1
         if not readers[parent]:
             images.pop(parent, None)

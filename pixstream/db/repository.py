@@ -26,6 +26,7 @@ from pixstream.events import (
     OUTPUT,
     STEP_COMPLETED,
     STEP_FAILED,
+    TASK_STARTED,
     CloudEvent,
     JobCompleted,
     JobFailed,
@@ -36,6 +37,7 @@ from pixstream.events import (
     SourceKey,
     StepCompleted,
     StepFailed,
+    TaskStarted,
     parse_data,
 )
 from pixstream.rerun import rerun_steps
@@ -455,7 +457,15 @@ async def count_jobs_by_status(conn: Any) -> dict[str, int]:
 
 # -- the projection -----------------------------------------------------------------------------
 _PROJECTED: Final = frozenset(
-    {JOB_REQUESTED, JOB_RETRIED, STEP_COMPLETED, STEP_FAILED, JOB_COMPLETED, JOB_FAILED}
+    {
+        JOB_REQUESTED,
+        JOB_RETRIED,
+        TASK_STARTED,
+        STEP_COMPLETED,
+        STEP_FAILED,
+        JOB_COMPLETED,
+        JOB_FAILED,
+    }
 )
 
 
@@ -476,7 +486,9 @@ def advance(current: str, target: str) -> str:
     return target if _RANK[target] > _RANK[current] else current
 
 
-StepEvent = StepCompleted | StepFailed
+#: What a run reports while it works: its task begun (the job is `processing` from then
+#: on), a step's result.
+StepEvent = TaskStarted | StepCompleted | StepFailed
 TerminalEvent = JobCompleted | JobFailed
 
 
@@ -505,6 +517,8 @@ def project(
 ) -> Progress:
     """The state after one step or terminal event (pure). A step's first result is kept and
     status only moves forward, so a redelivered or late event changes nothing."""
+    if isinstance(data, TaskStarted):
+        return replace(state, status=advance(state.status, PROCESSING))
     steps = dict(state.steps)
     if isinstance(data, StepCompleted):
         _record(steps, data.step, _completed(data.op, data.output))

@@ -24,6 +24,7 @@ from pixstream.events import (
     JOB_RETRIED,
     STEP_COMPLETED,
     STEP_FAILED,
+    TASK_STARTED,
 )
 from pixstream.ops import OPERATIONS
 from pixstream.redelivery import ORIGIN_TOPIC, TIERS, Record
@@ -45,7 +46,15 @@ from pixstream.worker.tracker import track
 log = logging.getLogger(__name__)
 
 LIFECYCLE_TYPES = frozenset(
-    {JOB_REQUESTED, JOB_RETRIED, STEP_COMPLETED, STEP_FAILED, JOB_COMPLETED, JOB_FAILED}
+    {
+        JOB_REQUESTED,
+        JOB_RETRIED,
+        TASK_STARTED,
+        STEP_COMPLETED,
+        STEP_FAILED,
+        JOB_COMPLETED,
+        JOB_FAILED,
+    }
 )
 
 

@@ -1,7 +1,8 @@
-"""The op agents, one per `<prefix>.op.<op>` topic: render a task's steps from its source
-(decoded once, off the event loop), write the outputs under their deterministic keys, and
-report each step on the events topic. A redelivered task rewrites the same objects and
-republishes the same event ids, which the tracker drops."""
+"""The op agents, one per `<prefix>.op.<op>` topic: say the task started, render its steps
+from its source (decoded once, in a render process), and as each step finishes write its
+output under its deterministic key and report the step on the events topic, while the next
+step renders. A redelivered task rewrites the same objects and republishes the same event
+ids, which the tracker drops."""
 
 from __future__ import annotations
 
@@ -16,18 +17,21 @@ from pixstream.events import (
     STEP_COMPLETED,
     STEP_FAILED,
     TASK_REQUESTED,
+    TASK_STARTED,
     CloudEvent,
     MetadataOutput,
     OutputInfo,
     StepCompleted,
     StepFailed,
     TaskRequested,
+    TaskStarted,
     make_event,
 )
 from pixstream.plan import Plan
-from pixstream.render import Rendered
+from pixstream.render import Rendered, RenderedOutput, StepResult
 from pixstream.spec import JobSpec, StepSpec
 from pixstream.worker.handling import Message, Route
+from pixstream.worker.renderpool import OnStep
 from pixstream.worker.resources import Resources
 from pixstream.worker.reuse import Renditions
 
@@ -77,7 +81,8 @@ def route(res: Resources, op: str) -> Route:
 
 
 async def render_task(res: Resources, message: Message[TaskRequested], op: str) -> None:
-    """Render one task and report every step; raises a classified error for the entry point."""
+    """Render one task and report every step as it finishes; raises a classified error for
+    the entry point."""
     task, record = message.data, message.record
     plan = Plan.from_spec(JobSpec(steps=task.steps))
     extra = {
@@ -88,56 +93,118 @@ async def render_task(res: Resources, message: Message[TaskRequested], op: str) 
         "offset": record.offset,
     }
     started = time.perf_counter()
+    steps = _Reporter(res, task, plan)
     try:
+        await res.emit(make_event(TASK_STARTED, steps.started(op)), key=task.job_id)
         source = await res.storage.get(task.source_key, max_bytes=res.settings.max_upload_bytes)
         # Outputs already rendered for this tenant are copied; only the rest is rendered.
         async with Renditions(res, message, source, op) as once:
-            rendered = await once.render(lambda steps: _counted_render(res, message, source, steps))
-            outputs = await _store(res, task.job_id, rendered)
-            await once.keep(outputs)
-            outputs.update(once.reused)
+            await steps.reused(once.reused, {s.id for s in once.steps})
+            try:
+                await once.render(
+                    lambda todo: _counted_render(res, message, source, todo, steps.finished)
+                )
+            except errors.PermanentError as exc:
+                if not exc.fails_job:
+                    raise
+                # The render as a whole failed (undecodable, timed out, crashed twice):
+                # the steps it finished stand, the others fail with its error.
+                log.info("task failed: %s", exc.message, extra={**extra, "code": exc.code})
+                await steps.fail_rest(exc)
+            await once.keep(steps.stored)
     except errors.TransientError:
         metrics.TASKS.labels(op=op, outcome="retry").inc()
         raise
 
     metrics.OP_SECONDS.labels(op=op).observe(time.perf_counter() - started)
-    metrics.TASKS.labels(op=op, outcome="completed" if rendered.ok else "failed").inc()
-    events = []
-    for sid in plan.order:
-        step_op = plan.steps[sid].spec.op
-        if (failure := rendered.failures.get(sid)) is not None:
-            events.append(
-                make_event(
-                    STEP_FAILED,
-                    StepFailed(
-                        job_id=task.job_id,
-                        step=sid,
-                        op=step_op,
-                        code=failure.code,
-                        message=failure.message,
-                        run=task.run,
-                    ),
-                )
-            )
-        else:
-            events.append(
-                make_event(
-                    STEP_COMPLETED,
-                    StepCompleted(
-                        job_id=task.job_id,
-                        step=sid,
-                        op=step_op,
-                        output=outputs.get(sid),
-                        run=task.run,
-                    ),
-                )
-            )
-    await _report(res, events, task.job_id)
+    metrics.TASKS.labels(op=op, outcome="failed" if steps.failed else "completed").inc()
     log.info("task done in %.0f ms", (time.perf_counter() - started) * 1000, extra=extra)
 
 
+class _Reporter:
+    """One delivery of a task's step reports, in the order the steps are done: each output
+    written to its key, then the step's event published, before the next result is taken."""
+
+    def __init__(self, res: Resources, task: TaskRequested, plan: Plan) -> None:
+        self._res = res
+        self._task = task
+        self._plan = plan
+        self.reported: set[str] = set()
+        self.failed = False
+        #: Outputs this delivery rendered and stored (what the render-once index keeps).
+        self.stored: dict[str, OutputInfo | MetadataOutput] = {}
+
+    def started(self, op: str) -> TaskStarted:
+        task = self._task
+        return TaskStarted(
+            job_id=task.job_id, op=op, steps=[s.id for s in task.steps], run=task.run
+        )
+
+    async def reused(
+        self, reused: dict[str, OutputInfo | MetadataOutput], rendered: set[str]
+    ) -> None:
+        """Report the steps the render will not run: the reused outputs and the steps only
+        they needed."""
+        for sid in self._plan.order:
+            if sid not in rendered:
+                await self._completed(sid, reused.get(sid))
+
+    async def finished(self, result: StepResult) -> None:
+        """One rendered step's result (the render's `on_step`)."""
+        sid = result.step
+        if result.failure is not None:
+            await self._failed(sid, result.failure.code, result.failure.message)
+            return
+        output: OutputInfo | MetadataOutput | None = None
+        if result.output is not None:
+            output = await self._store(result.output)
+        elif result.report is not None:
+            # A metadata output travels in the events alone: it is small and has no reader
+            # that wants it as a file.
+            output = MetadataOutput.model_validate({"data": result.report.model_dump()})
+        if output is not None:
+            self.stored[sid] = output
+        await self._completed(sid, output)
+
+    async def fail_rest(self, exc: errors.PermanentError) -> None:
+        for sid in self._plan.order:
+            if sid not in self.reported:
+                await self._failed(sid, exc.code, exc.message)
+
+    async def _store(self, out: RenderedOutput) -> OutputInfo:
+        # The key is deterministic, so a redelivered task overwrites.
+        key = Plan.output_key(self._task.job_id, out.step, out.format)
+        await self._res.storage.put(key, out.data, _mime(out.format))
+        return OutputInfo(
+            key=key, format=out.format, width=out.width, height=out.height, bytes=len(out.data)
+        )
+
+    async def _completed(self, sid: str, output: OutputInfo | MetadataOutput | None) -> None:
+        task = self._task
+        op = self._plan.steps[sid].spec.op
+        completed = StepCompleted(job_id=task.job_id, step=sid, op=op, output=output, run=task.run)
+        await self._emit(sid, make_event(STEP_COMPLETED, completed))
+
+    async def _failed(self, sid: str, code: str, message: str) -> None:
+        task = self._task
+        op = self._plan.steps[sid].spec.op
+        failed = StepFailed(
+            job_id=task.job_id, step=sid, op=op, code=code, message=message, run=task.run
+        )
+        self.failed = True
+        await self._emit(sid, make_event(STEP_FAILED, failed))
+
+    async def _emit(self, sid: str, event: CloudEvent) -> None:
+        await self._res.emit(event, key=self._task.job_id)
+        self.reported.add(sid)
+
+
 async def _counted_render(
-    res: Resources, message: Message[TaskRequested], source: bytes, steps: Sequence[StepSpec]
+    res: Resources,
+    message: Message[TaskRequested],
+    source: bytes,
+    steps: Sequence[StepSpec],
+    on_step: OnStep,
 ) -> Rendered:
     """The render itself, counted in PostgreSQL from its start to its answer: only a render
     that never answered (its process or its worker died meanwhile) counts as a crash. Waits on
@@ -159,7 +226,11 @@ async def _counted_render(
                 "worker died); given up"
             )
         rendered = await res.renderer.render(
-            source, steps, max_pixels=res.settings.max_pixels, max_frames=res.settings.max_frames
+            source,
+            steps,
+            max_pixels=res.settings.max_pixels,
+            max_frames=res.settings.max_frames,
+            on_step=on_step,
         )
     except errors.RendererCrashed as exc:
         if crashes + 1 >= MAX_CRASHES:
@@ -167,7 +238,8 @@ async def _counted_render(
             raise
         # Once may be the host (the OOM killer, a recycled child): try again, counted.
         raise RenderInterrupted(exc.message) from exc
-    except errors.PermanentError:
+    except (errors.PermanentError, errors.TransientError):
+        # Answered: failed as a whole, or a finished step could not be stored or reported.
         await _concluded(res, message)
         raise
     await _concluded(res, message)
@@ -180,33 +252,6 @@ async def _concluded(res: Resources, message: Message[TaskRequested]) -> None:
         what="concluding a render",
         job_id=message.data.job_id,
     )
-
-
-async def _store(
-    res: Resources, job_id: str, rendered: Rendered
-) -> dict[str, OutputInfo | MetadataOutput]:
-    """Write every image output (concurrently); the keys are deterministic, so a retry
-    overwrites. A metadata output travels in the events alone: it is small and has no reader
-    that wants it as a file."""
-    infos: dict[str, OutputInfo | MetadataOutput] = {
-        sid: OutputInfo(
-            key=Plan.output_key(job_id, sid, out.format),
-            format=out.format,
-            width=out.width,
-            height=out.height,
-            bytes=len(out.data),
-        )
-        for sid, out in rendered.outputs.items()
-    }
-    await asyncio.gather(
-        *(
-            res.storage.put(Plan.output_key(job_id, sid, out.format), out.data, _mime(out.format))
-            for sid, out in rendered.outputs.items()
-        )
-    )
-    for sid, report in rendered.reports.items():
-        infos[sid] = MetadataOutput.model_validate({"data": report.model_dump()})
-    return infos
 
 
 def _mime(fmt: str) -> str:

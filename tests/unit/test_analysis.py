@@ -23,7 +23,7 @@ from tests.unit.conftest import BLUE, RED, Images
 
 pytestmark = pytest.mark.unit
 
-LIMITS = {"max_pixels": 50_000_000, "max_frames": 100}
+LIMITS: dict[str, Any] = {"max_pixels": 50_000_000, "max_frames": 100}
 ANALYZE_ONLY = {"steps": [{"id": "info", "op": "analyze"}]}
 
 

@@ -51,6 +51,7 @@ def test_every_topic_and_message_type_of_the_contract() -> None:
     assert on("jobs") == {events.JOB_REQUESTED, events.JOB_RETRIED}
     assert on("events") == {
         events.JOB_RETRIED,
+        events.TASK_STARTED,
         events.STEP_COMPLETED,
         events.STEP_FAILED,
         events.JOB_COMPLETED,

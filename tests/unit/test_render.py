@@ -11,7 +11,7 @@ from PIL import Image
 from pixstream import errors
 from pixstream.ops import codec
 from pixstream.plan import Plan
-from pixstream.render import render
+from pixstream.render import StepResult, render
 from pixstream.settings import DEFAULT_PRESETS
 from pixstream.spec import parse_spec
 from tests.harness import CONTRACT_SPEC
@@ -19,7 +19,7 @@ from tests.unit.conftest import Images
 
 pytestmark = pytest.mark.unit
 
-LIMITS = {"max_pixels": 50_000_000, "max_frames": 100}
+LIMITS: dict[str, Any] = {"max_pixels": 50_000_000, "max_frames": 100}
 
 
 def plan_of(raw: dict[str, Any]) -> Plan:
@@ -112,3 +112,57 @@ def test_presets_render(images: Images) -> None:
         assert result.ok, (name, result.failures)
     avatar = render(source, plan_of({"preset": "avatar"}), **LIMITS).outputs["avatar"]
     assert (avatar.width, avatar.height) == (256, 256)
+
+
+def test_each_step_is_reported_as_soon_as_it_is_done(
+    images: Images, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """on_step hears of a step before the next one runs (here: before the next encode), in
+    plan order, with what the whole render returns."""
+    log: list[str] = []
+    real_encode = codec.encode
+
+    def logging_encode(*args: Any, **kwargs: Any) -> bytes:
+        log.append("encode")
+        return real_encode(*args, **kwargs)
+
+    monkeypatch.setattr(codec, "encode", logging_encode)
+    plan = plan_of(
+        {
+            "steps": [
+                {"id": "small", "op": "resize", "params": {"width": 40}},
+                {"id": "png", "op": "convert", "params": {"format": "png"}, "input": "small"},
+                {
+                    "id": "broken",
+                    "op": "crop",
+                    "params": {"left": 500, "top": 0, "width": 9, "height": 9},
+                },
+                {
+                    "id": "skipped",
+                    "op": "flip",
+                    "params": {"direction": "vertical"},
+                    "input": "broken",
+                },
+                {"id": "flipped", "op": "flip", "params": {"direction": "horizontal"}},
+            ]
+        }
+    )
+    results: list[StepResult] = []
+
+    def on_step(result: StepResult) -> None:
+        results.append(result)
+        log.append(result.step)
+
+    source = images.encode(images.marked((80, 60)), "PNG")
+    rendered = render(source, plan, **LIMITS, on_step=on_step)
+
+    assert [r.step for r in results] == list(plan.order)
+    assert results == [rendered.result(sid) for sid in plan.order]
+    # Every output's report follows its own encode at once, before any later step's work.
+    assert log == ["small", "broken", "encode", "flipped", "encode", "png", "skipped"]
+    by_step = {r.step: r for r in results}
+    assert by_step["small"] == StepResult("small")  # intermediate: only its id
+    assert by_step["png"].output == rendered.outputs["png"]
+    assert by_step["broken"].failure is not None
+    assert by_step["skipped"].failure is not None
+    assert by_step["skipped"].failure.code == "skipped_dependency"

@@ -11,20 +11,21 @@ import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
 
 from pixstream import errors
 from pixstream.plan import Plan
-from pixstream.render import Rendered, render
+from pixstream.render import Rendered, StepResult, render
 from pixstream.spec import JobSpec, StepSpec
 from pixstream.worker.renderpool import RenderPool
 from tests.unit.conftest import BLUE, RED, Images, pixel
 
 pytestmark = pytest.mark.unit
 
-LIMITS = {"max_pixels": 50_000_000, "max_frames": 100}
+LIMITS: dict[str, Any] = {"max_pixels": 50_000_000, "max_frames": 100}
 STEPS = [
     StepSpec(id="small", op="resize", params={"width": 40}),
     StepSpec(id="png", op="convert", params={"format": "png"}, input="small"),
@@ -71,6 +72,72 @@ async def test_pixstream_errors_cross_the_process_boundary_as_themselves(
     assert rendered.failures["huge"].code == "too_many_pixels"
 
 
+async def test_each_step_is_handed_over_as_it_is_done(pool: RenderPool, images: Images) -> None:
+    """on_step gets every step in plan order, the same bytes as render() in a thread; the
+    outputs then travel only that way, and the slot's next render is unaffected."""
+    source = images.encode(images.marked((80, 60)), "PNG")
+    plan = Plan.from_spec(JobSpec(steps=STEPS))
+    got: list[StepResult] = []
+
+    async def on_step(result: StepResult) -> None:
+        got.append(result)
+
+    in_thread = render(source, plan, **LIMITS)
+    for _ in range(3):  # more renders than slots: each slot's pipe is used again
+        got.clear()
+        rendered = await pool.render(source, STEPS, **LIMITS, on_step=on_step)
+        assert got == [in_thread.result(sid) for sid in plan.order]
+        assert rendered.ok
+        assert rendered.outputs == {}
+
+
+async def test_a_failing_handler_is_raised_after_the_render(
+    pool: RenderPool, images: Images
+) -> None:
+    source = images.encode(images.marked((80, 60)), "PNG")
+    calls: list[str] = []
+
+    async def failing(result: StepResult) -> None:
+        calls.append(result.step)
+        raise errors.TransientError("S3 is away")
+
+    with pytest.raises(errors.TransientError, match="S3 is away"):
+        await pool.render(source, STEPS, **LIMITS, on_step=failing)
+    assert calls == ["small"]  # not called again once it failed
+    got: list[str] = []
+
+    async def on_step(result: StepResult) -> None:
+        got.append(result.step)
+
+    for _ in range(3):  # the rest of that render was read and dropped: every slot in step
+        got.clear()
+        assert (await pool.render(source, STEPS, **LIMITS, on_step=on_step)).ok
+        assert got == ["small", "flipped", "png"]
+
+
+async def test_steps_done_before_the_child_died_are_handed_over(images: Images) -> None:
+    # The first step is done and sent, then the second's allocation fails in a small
+    # address space: the first step is handled, then the call answers worker_crashed.
+    steps = [
+        StepSpec(id="thumb", op="thumbnail", params={"size": 16}),
+        StepSpec(id="huge", op="resize", params={"width": 16000, "upscale": True}),
+    ]
+    got: list[str] = []
+
+    async def on_step(result: StepResult) -> None:
+        got.append(result.step)
+
+    source = images.encode(images.marked((80, 60)), "PNG")
+    generous: dict[str, Any] = {"max_pixels": 400_000_000, "max_frames": 1}
+    async with RenderPool(processes=1, memory_limit_bytes=300_000_000) as small:
+        with pytest.raises(errors.RendererCrashed):
+            await small.render(source, steps, **generous, on_step=on_step)
+        assert got == ["thumb"]
+        got.clear()
+        assert (await small.render(source, STEPS, **LIMITS, on_step=on_step)).ok
+        assert got == ["small", "flipped", "png"]
+
+
 @pytest.mark.parametrize(
     "kill",
     [(os._exit, 1), (signal.raise_signal, signal.SIGKILL)],
@@ -102,7 +169,7 @@ async def test_a_bomb_past_the_budget_hits_the_memory_limit_not_the_worker(
     # for its 300 MB of pixels the decoder gets to the missing data (corrupt_image); in a
     # 300 MB address space Pillow's allocation fails first, and only that child is affected.
     bomb = images.png_header_only(10_000, 10_000)
-    generous = {"max_pixels": 200_000_000, "max_frames": 1}
+    generous: dict[str, Any] = {"max_pixels": 200_000_000, "max_frames": 1}
     with pytest.raises(errors.CorruptImage):
         await pool.render(bomb, STEPS, **generous)
     async with RenderPool(processes=1, memory_limit_bytes=300_000_000) as small:

@@ -121,7 +121,7 @@ function statusOf(job) {
   if (isExpired(job) || (view && view.expired)) return "expired";
   const seen = live.get(job.id);
   if (view && TERMINAL.has(view.status)) return view.status;
-  if (seen && seen.status) return seen.status; // set by a step or terminal event only
+  if (seen && seen.status) return seen.status; // set by task.started, a step or the end
   return view ? view.status : "queued";
 }
 
@@ -222,6 +222,11 @@ function stream(id) {
     const source = new EventSource(`/v1/jobs/${encodeURIComponent(id)}/events`);
     const seen = live.get(id) || { status: null, steps: new Set() };
     live.set(id, seen);
+    // The worker took the job's task: it is processing, before any step is done.
+    const onStarted = () => {
+      if (!seen.status) seen.status = "processing";
+      render();
+    };
     const onStep = (e) => {
       const event = JSON.parse(e.data);
       seen.steps.add(event.data.step);
@@ -234,6 +239,7 @@ function stream(id) {
       render();
       resolve(true);
     };
+    source.addEventListener("pixstream.task.started", onStarted);
     source.addEventListener("pixstream.step.completed", onStep);
     source.addEventListener("pixstream.step.failed", onStep);
     source.addEventListener("pixstream.job.completed", onEnd);
