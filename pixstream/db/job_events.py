@@ -11,7 +11,7 @@ the stream only when no retry follows it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -29,7 +29,18 @@ VALUES ($1, $2, $3, $4::text::jsonb)
 ON CONFLICT (event_id) DO NOTHING
 RETURNING seq
 """
+# The recorder's batch: the same, in the batch's order, and one wake-up per job.
+APPEND_MANY: Final = """
+INSERT INTO job_events (event_id, job_id, type, event)
+SELECT e.event_id, e.job_id, e.type, e.event::jsonb
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) WITH ORDINALITY
+    AS e(event_id, job_id, type, event, n)
+ORDER BY e.n
+ON CONFLICT (event_id) DO NOTHING
+RETURNING job_id
+"""
 NOTIFY: Final = "SELECT pg_notify($1, $2)"
+NOTIFY_MANY: Final = "SELECT pg_notify($1, j) FROM unnest($2::text[]) AS j"
 _COLUMNS: Final = "seq, event_id, type, event::text AS event"
 SELECT_AFTER: Final = f"""
 SELECT {_COLUMNS} FROM job_events
@@ -71,6 +82,25 @@ async def append(conn: Any, job_id: str, event: CloudEvent) -> bool:
         return False
     await conn.execute(NOTIFY, CHANNEL, job_id)
     return True
+
+
+async def append_many(conn: Any, events: Sequence[tuple[str, CloudEvent]]) -> int:
+    """`append` of each (job id, event) in order, in two statements; returns how many were
+    new (duplicates, within the batch too, keep their first row). Each job with a new event
+    is woken once: a subscriber reads every row after its cursor anyway."""
+    if not events:
+        return 0
+    rows = await conn.fetch(
+        APPEND_MANY,
+        [event.id for _, event in events],
+        [job_id for job_id, _ in events],
+        [event.type for _, event in events],
+        [event.model_dump_json() for _, event in events],
+    )
+    woken = list(dict.fromkeys(row["job_id"] for row in rows))
+    if woken:
+        await conn.execute(NOTIFY_MANY, CHANNEL, woken)
+    return len(rows)
 
 
 async def read_after(conn: Any, job_id: str, seq: int, limit: int = PAGE) -> list[StoredEvent]:

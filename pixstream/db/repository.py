@@ -9,7 +9,7 @@ functions work on any asyncpg connection whatever jsonb codec its pool has insta
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Collection, Mapping
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -28,6 +28,7 @@ from pixstream.events import (
     STEP_FAILED,
     TASK_STARTED,
     CloudEvent,
+    Data,
     JobCompleted,
     JobFailed,
     JobRequested,
@@ -125,38 +126,34 @@ ORDER BY created_at DESC, job_id DESC
 LIMIT $5
 """
 
-# job.requested: a new row; or the details of a placeholder row that a step or terminal event
-# created when it overtook its job.requested (steps_total = 0 marks one: a real job has steps).
-RECORD_REQUESTED: Final = """
-INSERT INTO jobs (job_id, status, steps_total, spec, source_key, webhook_url,
-                  created_at, updated_at, tenant)
-VALUES ($1, 'queued', $2, $3::text::jsonb, $4, $5, $6, $6, $7)
-ON CONFLICT (job_id) DO UPDATE
-    SET steps_total = EXCLUDED.steps_total, spec = EXCLUDED.spec,
-        source_key = EXCLUDED.source_key, webhook_url = EXCLUDED.webhook_url,
-        tenant = EXCLUDED.tenant, created_at = LEAST(jobs.created_at, EXCLUDED.created_at)
-    WHERE jobs.steps_total = 0
-"""
-
-INSERT_PLACEHOLDER: Final = """
+# The recorder's projection (`apply_events`): the rows its events would make, as placeholders
+# (steps_total = 0) that `fold` fills in; every row locked in one order; then what changed.
+INSERT_PLACEHOLDERS: Final = """
 INSERT INTO jobs (job_id, status, steps_total, spec, created_at, updated_at)
-VALUES ($1, 'queued', 0, '{}'::jsonb, $2, $2)
+SELECT t.job_id, 'queued', 0, '{}'::jsonb, t.at, t.at
+FROM unnest($1::text[], $2::timestamptz[]) AS t(job_id, at)
+ORDER BY t.job_id
 ON CONFLICT (job_id) DO NOTHING
+RETURNING job_id
 """
 
-UPDATE_PROJECTION: Final = """
-UPDATE jobs
-SET status = $2, steps = $3::text::jsonb, job_error = $4::text::jsonb, finished_at = $5,
-    updated_at = GREATEST(updated_at, $6)
-WHERE job_id = $1
+LOCK_JOBS: Final = f"""
+SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = ANY($1::text[]) ORDER BY job_id FOR UPDATE
 """
 
-# A new run (a retry): processing again, without the results the run replaces.
-OPEN_RUN: Final = """
+# Every column an event may change, from the row `fold` made of the row locked above.
+UPDATE_JOBS: Final = """
 UPDATE jobs
-SET run = $2, status = 'processing', steps = $3::text::jsonb, job_error = NULL,
-    finished_at = NULL, updated_at = GREATEST(updated_at, $4)
-WHERE job_id = $1
+SET status = u.status, steps_total = u.steps_total, spec = u.spec::jsonb,
+    source_key = u.source_key, webhook_url = u.webhook_url, tenant = u.tenant,
+    steps = u.steps::jsonb, job_error = u.job_error::jsonb, created_at = u.created_at,
+    updated_at = u.updated_at, finished_at = u.finished_at, run = u.run
+FROM unnest($1::text[], $2::text[], $3::integer[], $4::text[], $5::text[], $6::text[],
+            $7::text[], $8::text[], $9::text[], $10::timestamptz[], $11::timestamptz[],
+            $12::timestamptz[], $13::integer[])
+    AS u(job_id, status, steps_total, spec, source_key, webhook_url, tenant, steps, job_error,
+         created_at, updated_at, finished_at, run)
+WHERE jobs.job_id = u.job_id
 """
 
 SELECT_WEBHOOK_STATUS: Final = """
@@ -352,8 +349,9 @@ async def open_run(
     steps in `rerun` nor a job-level error; False when the job is at `run` or later already.
 
     `retry`: the ingress accepting a retry, for which the job must be failed at run `run - 1`
-    (NotRetryable otherwise, e.g. a concurrent retry committed first). The recorder projects
-    the run's job.retried with False: by then the ingress has usually opened it already.
+    (NotRetryable otherwise, e.g. a concurrent retry committed first). The recorder's
+    projection of the run's job.retried (`fold`) opens it the same way, when the ingress has
+    not already.
     """
     async with conn.transaction():
         row = await conn.fetchrow(SELECT_JOB_FOR_UPDATE, job_id)
@@ -363,8 +361,7 @@ async def open_run(
             raise NotRetryable(f"job {job_id} is {state}: only a failed job can be retried")
         if job is None or job.run >= run:
             return False
-        steps = {sid: entry for sid, entry in job.steps.items() if sid not in rerun}
-        await conn.execute(OPEN_RUN, job_id, run, json.dumps(steps), time)
+        await conn.execute(UPDATE_JOBS, *_columns([reopened(job, run, rerun, time)]))
     return True
 
 
@@ -544,67 +541,144 @@ def project(
     return Progress(status, steps, job_error, finished_at)
 
 
-async def apply_event(conn: Any, event: CloudEvent) -> None:
-    """Project one lifecycle event onto `jobs`; idempotent and safe in any order.
-
-    Handles job.requested, job.retried, step.completed, step.failed, job.completed and
-    job.failed; other types are ignored. Step and terminal events count only for the job's
-    current run. InvalidEvent when the data does not match its type. Runs in its own
-    transaction (a savepoint when the caller already has one).
-    """
-    if event.type not in _PROJECTED:
-        return
-    data = parse_data(event)
+def fold(job: JobRecord | None, data: Data, time: datetime, tenant: str) -> JobRecord | None:
+    """The job's row after one lifecycle event (pure; None: the job has no row). What
+    `apply_events` writes, event after event: a step's first result is kept, status only
+    moves forward and a result counts only for the job's current run, so a redelivered, late
+    or reordered event changes nothing."""
     if isinstance(data, JobRequested):
-        await _record_requested(conn, data, event.time, ownership.tenant_of(event))
-        return
+        return _requested(job, data, time, tenant)
     if isinstance(data, JobRetried):
+        if job is None:
+            return None
         rerun = {s.id for s in rerun_steps(data.steps, data.outputs)}
-        await open_run(conn, data.job_id, data.run, rerun, event.time, retry=False)
-        return
-    if not isinstance(data, StepEvent | TerminalEvent):
-        return
-    job_id = data.job_id
-    async with conn.transaction():
-        await conn.execute(INSERT_PLACEHOLDER, job_id, event.time)
-        row = await conn.fetchrow(SELECT_JOB_FOR_UPDATE, job_id)
-        job = JobRecord.from_row(row)
+        return reopened(job, data.run, rerun, time)
+    if isinstance(data, StepEvent | TerminalEvent):
+        # A result that overtook its job.requested makes a placeholder: steps_total = 0.
+        job = job or _placeholder(data.job_id, time)
         if data.run != job.run:  # a late result of a run a retry replaced, or of none yet
-            return
+            return job
         before = Progress(job.status, job.steps, job.job_error, job.finished_at)
-        after = project(before, data, event.time, job.spec)
+        after = project(before, data, time, job.spec)
         if after == before:
-            return
-        await conn.execute(
-            UPDATE_PROJECTION,
-            job_id,
-            after.status,
-            json.dumps(after.steps),
-            json.dumps(after.job_error) if after.job_error is not None else None,
-            after.finished_at,
-            event.time,
+            return job
+        return replace(
+            job,
+            status=after.status,
+            steps=after.steps,
+            job_error=after.job_error,
+            finished_at=after.finished_at,
+            updated_at=max(job.updated_at, time),
         )
+    return job
 
 
-async def _record_requested(conn: Any, data: JobRequested, time: datetime, tenant: str) -> None:
-    source_key = data.source.key if isinstance(data.source, SourceKey) else None
-    await conn.execute(
-        RECORD_REQUESTED,
-        data.job_id,
-        len(data.steps),
-        _requested_spec(data),
-        source_key,
-        data.webhook_url,
-        time,
-        tenant,
+def reopened(job: JobRecord, run: int, rerun: Collection[str], time: datetime) -> JobRecord:
+    """The job at the start of `run` (a retry): `processing` again, without the results of
+    the steps in `rerun` nor a job-level error; unchanged when it is at `run` or later."""
+    if job.run >= run:
+        return job
+    return replace(
+        job,
+        run=run,
+        status=PROCESSING,
+        steps={sid: entry for sid, entry in job.steps.items() if sid not in rerun},
+        job_error=None,
+        finished_at=None,
+        updated_at=max(job.updated_at, time),
+    )
+
+
+def _placeholder(job_id: str, time: datetime) -> JobRecord:
+    return JobRecord(job_id, QUEUED, 0, {}, None, None, {}, None, time, time, None)
+
+
+def _requested(job: JobRecord | None, data: JobRequested, time: datetime, tenant: str) -> JobRecord:
+    """A new queued row; or the details of a placeholder a result made when it overtook its
+    job.requested (a real job has steps)."""
+    details: dict[str, Any] = {
+        "steps_total": len(data.steps),
+        "spec": _spec_of(data),
+        "source_key": data.source.key if isinstance(data.source, SourceKey) else None,
+        "webhook_url": data.webhook_url,
+        "tenant": tenant,
+    }
+    if job is None:
+        return replace(_placeholder(data.job_id, time), **details)
+    if job.steps_total != 0:
+        return job
+    return replace(job, **details, created_at=min(job.created_at, time))
+
+
+async def apply_event(conn: Any, event: CloudEvent) -> None:
+    """Project one lifecycle event onto `jobs`: `apply_events` of one."""
+    if event.type in _PROJECTED:
+        await apply_events(conn, [(event, parse_data(event))])
+
+
+async def apply_events(conn: Any, events: Sequence[tuple[CloudEvent, Data]]) -> None:
+    """Project lifecycle events onto `jobs` in their order: the rows `fold` makes of them
+    one by one, in one transaction (a savepoint when the caller has one) of four statements
+    whatever their number. Idempotent and safe in any order.
+
+    Takes job.requested, job.retried, step.completed, step.failed, job.completed and
+    job.failed (with their parsed data); other types are ignored."""
+    by_job: dict[str, list[tuple[CloudEvent, Data]]] = {}
+    for event, data in events:
+        if event.type in _PROJECTED:
+            by_job.setdefault(str(getattr(data, "job_id", "")), []).append((event, data))
+    if not by_job:
+        return
+    ids = sorted(by_job)
+    # Rows an event would make are made first (a placeholder each, `fold` then fills them
+    # in), so that every row is locked below: a concurrent writer's new row is waited for.
+    makes = [j for j in ids if any(not isinstance(d, JobRetried) for _, d in by_job[j])]
+    async with conn.transaction():
+        made: set[str] = set()
+        if makes:
+            times = [min(e.time for e, _ in by_job[j]) for j in makes]
+            made = {r["job_id"] for r in await conn.fetch(INSERT_PLACEHOLDERS, makes, times)}
+        rows = {r["job_id"]: JobRecord.from_row(r) for r in await conn.fetch(LOCK_JOBS, ids)}
+        changed: list[JobRecord] = []
+        for job_id in ids:
+            before = None if job_id in made else rows.get(job_id)
+            after = before
+            for event, data in by_job[job_id]:
+                after = fold(after, data, event.time, ownership.tenant_of(event))
+            if after is not None and (after != before or job_id in made):
+                changed.append(after)
+        if changed:
+            await conn.execute(UPDATE_JOBS, *_columns(changed))
+
+
+def _columns(jobs: Sequence[JobRecord]) -> tuple[list[Any], ...]:
+    """UPDATE_JOBS's arrays ($1 to $13) for `jobs`."""
+    return (
+        [j.job_id for j in jobs],
+        [j.status for j in jobs],
+        [j.steps_total for j in jobs],
+        [json.dumps(j.spec) for j in jobs],
+        [j.source_key for j in jobs],
+        [j.webhook_url for j in jobs],
+        [j.tenant for j in jobs],
+        [json.dumps(j.steps) for j in jobs],
+        [json.dumps(j.job_error) if j.job_error is not None else None for j in jobs],
+        [j.created_at for j in jobs],
+        [j.updated_at for j in jobs],
+        [j.finished_at for j in jobs],
+        [j.run for j in jobs],
     )
 
 
 def _requested_spec(data: JobRequested) -> str:
+    return json.dumps(_spec_of(data))
+
+
+def _spec_of(data: JobRequested) -> dict[str, Any]:
     """The stored spec of a job.requested: its steps, and its webhook_url when it has one."""
     spec: dict[str, Any] = {"steps": [s.model_dump(mode="json") for s in data.steps]}
     if data.webhook_url is not None:
         spec["webhook_url"] = data.webhook_url
     if data.priority != INTERACTIVE:  # what a retry of the job runs in
         spec["priority"] = data.priority
-    return json.dumps(spec)
+    return spec

@@ -39,7 +39,7 @@ from pixstream.worker.lanes import GiveWay, Lanes, op_topic
 from pixstream.worker.notifier import Deliveries, notify
 from pixstream.worker.pruning import Pruner, TablePruner
 from pixstream.worker.reconciler import Reconciler
-from pixstream.worker.recorder import record_event
+from pixstream.worker.recorder import NotRecorded, Recorder
 from pixstream.worker.resources import Resources
 from pixstream.worker.tracker import track
 
@@ -117,8 +117,14 @@ def build_app(settings: Settings, ops: Sequence[str] | None = None) -> faust.App
         )
 
     def agent(
-        source: Any, name: str, handle: Callable[[Record], Awaitable[None]], concurrency: int = 1
+        source: Any,
+        name: str,
+        handle: Callable[[Record], Awaitable[asyncio.Future[None] | None]],
+        concurrency: int = 1,
     ) -> None:
+        """`handle` returns once a record is dealt with, or with a future that says when
+        (the recorder's batch): the agent goes on to the next record meanwhile."""
+
         async def consume(stream: Any) -> None:
             await res.ready()
             consumer = cast(LedgerConsumer, app.consumer)
@@ -126,7 +132,7 @@ def build_app(settings: Settings, ops: Sequence[str] | None = None) -> faust.App
                 message = event.message
                 consumer.taken(message)
                 try:
-                    await handle(_record(event))
+                    later = await handle(_record(event))
                 except (Deferred, GiveWay):
                     consumer.given_back(message)  # read again after the rebalance
                     continue
@@ -139,7 +145,7 @@ def build_app(settings: Settings, ops: Sequence[str] | None = None) -> faust.App
                     consumer.given_back(message)
                     continue
                 # Only now may the commit pass this offset (see `commits`).
-                consumer.handled(message)
+                _handled(consumer, message, name, later)
 
         app.agent(source, name=name, concurrency=concurrency)(consume)
 
@@ -180,17 +186,18 @@ def build_app(settings: Settings, ops: Sequence[str] | None = None) -> faust.App
 
     pruner = TablePruner(jobs, partitions[settings.topic("events")], settings.prune_after_seconds)
 
+    recorder = Recorder(res, loop=res.loop)
+    app.add_dependency(recorder)  # after `res`, so it stops before it
+
     async def lifecycle(message: Message[Any]) -> None:
         # One agent per topic, so "handled" means every consumer of the event is done: the
-        # tracker (Faust table), the recorder (PostgreSQL) and the notifier (webhook rows).
-        await asyncio.gather(
-            track(res, jobs, message, app.producer.flush),
-            record_event(res, message),
-            notify(res, message),
-        )
+        # tracker (Faust table) and the notifier (webhook rows) here, the recorder
+        # (PostgreSQL) when the batch it is in commits, while the agent goes on.
+        await asyncio.gather(track(res, jobs, message, app.producer.flush), notify(res, message))
         pruner.after(message.record.partition)
 
-    routed(topic("events"), Route("lifecycle", LIFECYCLE_TYPES, lifecycle))
+    route = Route("lifecycle", LIFECYCLE_TYPES, lifecycle)
+    agent(topic("events"), route.name, lambda r: recorder.deliver(route, r))
     # Sends the webhooks the notifier queued; added after `res`, so it stops before it.
     app.add_dependency(Deliveries(res, loop=res.loop))
 
@@ -202,6 +209,27 @@ def build_app(settings: Settings, ops: Sequence[str] | None = None) -> faust.App
     app.add_dependency(Reconciler(res, loop=res.loop))
     app.add_dependency(Pruner(res, loop=res.loop))
     return app
+
+
+def _handled(
+    consumer: LedgerConsumer, message: Any, name: str, later: asyncio.Future[None] | None
+) -> None:
+    """A handler returned: the record is handled, now or when `later` is done (or is to be
+    read again if `later` failed)."""
+    if later is None:
+        consumer.handled(message)
+        return
+
+    def settled(later: asyncio.Future[None]) -> None:
+        if not later.cancelled() and later.exception() is None:
+            consumer.handled(message)
+            return
+        if not later.cancelled() and not isinstance(later.exception(), NotRecorded):
+            log.error("%s could not finish a record; it will be read again", name,
+                      exc_info=later.exception())  # fmt: skip
+        consumer.given_back(message)
+
+    later.add_done_callback(settled)
 
 
 def in_turn(lanes: Lanes, route: Route, res: Resources) -> Callable[[Record], Awaitable[None]]:

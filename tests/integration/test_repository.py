@@ -17,23 +17,29 @@ from pixstream.events import (
     JOB_COMPLETED,
     JOB_FAILED,
     JOB_REQUESTED,
+    JOB_RETRIED,
     STEP_COMPLETED,
     STEP_FAILED,
     TASK_REQUESTED,
+    TASK_STARTED,
     CloudEvent,
     ErrorInfo,
     JobCompleted,
     JobFailed,
     JobRequested,
+    JobRetried,
     OutputInfo,
     SourceKey,
     SourceUrl,
     StepCompleted,
     StepFailed,
     TaskRequested,
+    TaskStarted,
     make_event,
+    parse_data,
 )
 from pixstream.spec import StepSpec
+from pixstream.worker import recorder
 
 pytestmark = [pytest.mark.postgres]
 
@@ -396,3 +402,97 @@ async def test_jobs_are_listed_per_tenant_newest_first_in_pages(conn: Any) -> No
     )
     assert [j.job_id for j in rest] == ["job-1", "job-0"]
     assert await repository.list_jobs(conn, "acme", limit=10, status="completed") == []
+
+
+def _scenarios() -> tuple[list[str], list[CloudEvent]]:
+    """Five jobs' events interleaved as one partition may deliver them: results before their
+    request, duplicates, a terminal event first, a retry with late results of the old run,
+    a retry of a job with no row, task.started before and after, and the planner's
+    job.requested of a job the ingress made (job 3, made by the caller)."""
+    a, b, c, d, e = Events(), Events(), Events(), Events(), Events()
+
+    def run1(ev: Events, step: str, op: str, at: int) -> CloudEvent:
+        data = StepCompleted(
+            job_id=ev.job_id, step=step, op=op, output=output(ev.job_id, step), run=1
+        )
+        return make_event(STEP_COMPLETED, data, time=T0 + timedelta(seconds=at))
+
+    def retried(ev: Events, at: int) -> CloudEvent:
+        data = JobRetried(
+            job_id=ev.job_id,
+            run=1,
+            steps=STEPS,
+            source_key=f"raw/{ev.job_id}/source.jpg",
+            outputs={"webp": output(ev.job_id, "webp")},
+        )
+        return make_event(JOB_RETRIED, data, time=T0 + timedelta(seconds=at))
+
+    def started(ev: Events, at: int) -> CloudEvent:
+        data = TaskStarted(job_id=ev.job_id, op="resize", steps=["web", "webp"])
+        return make_event(TASK_STARTED, data, time=T0 + timedelta(seconds=at))
+
+    events = [
+        started(d, 1),  # before the job's request: processing from then on
+        a.step_completed("web", "resize", out=False, at=1),
+        b.completed(at=5),
+        retried(e, 2),  # no row: none is made
+        a.requested(),
+        c.step_completed("web", "resize", out=False, at=1),  # no row yet
+        retried(c, 2),
+        a.step_completed("web", "resize", out=False, at=1),  # a duplicate
+        b.step_completed("web", "resize", out=False, at=1),
+        a.step_failed("thumb", "thumbnail", at=2),
+        d.requested(),
+        started(b, 1),  # after its job's end: changes nothing
+        a.failed(at=5),
+        b.requested(),
+        retried(a, 6),
+        a.step_completed("webp", "convert", at=3),  # late: of the run the retry replaced
+        run1(a, "thumb", "thumbnail", 7),
+        c.requested(),
+        a.failed(at=5),
+        b.completed(at=5),
+        a.requested(),
+    ]
+    return [ev.job_id for ev in (a, b, c, d, e)], events
+
+
+async def _recorded(conn: Any, job_ids: list[str]) -> list[Any]:
+    """The jobs' rows and logs, with their ids replaced by their position (comparable)."""
+    found: list[Any] = []
+    for n, job_id in enumerate(job_ids):
+        job = await conn.fetchrow("SELECT * FROM jobs WHERE job_id = $1", job_id)
+        log = await conn.fetch(
+            "SELECT event_id, type, event::text AS e FROM job_events WHERE job_id = $1 "
+            "ORDER BY seq",
+            job_id,
+        )
+        text = repr((dict(job) if job else None, [tuple(r) for r in log]))
+        found.append(text.replace(job_id, f"job{n}"))
+    return found
+
+
+async def test_a_batch_is_recorded_as_its_events_one_by_one(conn: Any) -> None:
+    singly, events = _scenarios()
+    batched, in_batch = _scenarios()
+    for made in (singly[3], batched[3]):  # the ingress's row of job 3
+        await repository.create_job(conn, repository.NewJob(made, "{}", 3, None, None, "t", "h"))
+        await conn.execute(
+            "UPDATE jobs SET created_at = $2, updated_at = $2 WHERE job_id = $1", made, T0
+        )
+    for event in events:
+        await recorder.record(conn, str(event.data["job_id"]), event)
+    one_by_one = await _recorded(conn, singly)
+    assert one_by_one[4].startswith("(None, [(")  # logged, but a retry alone makes no row
+    retried = await repository.get_job(conn, singly[0])
+    assert retried is not None
+    assert (retried.status, retried.run) == ("processing", 1)
+    assert retried.steps["thumb"]["status"] == "completed"  # its result in the new run
+
+    batch = [(str(e.data["job_id"]), e, parse_data(e)) for e in in_batch]
+    await recorder.record_many(conn, batch)
+    assert await _recorded(conn, batched) == one_by_one
+
+    # Delivered again, as one batch: nothing changes, nothing is logged twice.
+    await recorder.record_many(conn, batch + batch)
+    assert await _recorded(conn, batched) == one_by_one
