@@ -161,6 +161,10 @@ class Settings(BaseSettings):
     # not finished (Kafka or PostgreSQL gone: nothing to commit to); supervisors SIGKILL what
     # is left of their process trees a few seconds later.
     worker_stop_seconds: float = Field(default=15.0, gt=0)
+    # How long the recorder lets a batch gather after its first event before writing it: a
+    # job's events land in PostgreSQL up to this much after they are on Kafka (the tracker,
+    # the terminal event and webhooks do not wait), in far fewer transactions.
+    recorder_linger_seconds: float = Field(default=0.05, ge=0)
 
     presets: dict[str, dict[str, Any]] = Field(default_factory=lambda: dict(DEFAULT_PRESETS))
 

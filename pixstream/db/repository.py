@@ -75,22 +75,27 @@ INSERT INTO jobs (job_id, status, steps_total, spec, source_key, webhook_url, te
 VALUES ($1, 'queued', $2, $3::text::jsonb, $4, $5, $6, $7)
 """
 
-# The planner's claim of a job id for the request it is about to run: a new row, or the
-# details of a placeholder an overtaking event made. Whatever row it finds carries the digest
-# of the request that owns the id (NULL only for rows from before digests were kept).
-CLAIM_JOB_ID: Final = """
+# The planner's claim of a job id for the request it is about to run, in one round trip: a
+# new row, or the details of a placeholder an overtaking event made; either way the row's
+# digest of the request that owns the id comes back (NULL only for rows from before digests
+# were kept). A row that is a real job already is updated to itself, so that it is locked
+# and returned even when a concurrent claim committed it after this statement began.
+_FREE: Final = "jobs.steps_total = 0 AND jobs.request_hash IS NULL"
+CLAIM_JOB_ID: Final = f"""
 INSERT INTO jobs (job_id, status, steps_total, spec, source_key, webhook_url, tenant,
                   request_hash, created_at, updated_at)
 VALUES ($1, 'queued', $2, $3::text::jsonb, $4, $5, $6, $7, $8, $8)
 ON CONFLICT (job_id) DO UPDATE
-    SET steps_total = EXCLUDED.steps_total, spec = EXCLUDED.spec,
-        source_key = EXCLUDED.source_key, webhook_url = EXCLUDED.webhook_url,
-        tenant = EXCLUDED.tenant, request_hash = EXCLUDED.request_hash,
-        created_at = LEAST(jobs.created_at, EXCLUDED.created_at)
-    WHERE jobs.steps_total = 0 AND jobs.request_hash IS NULL
+    SET steps_total = CASE WHEN {_FREE} THEN EXCLUDED.steps_total ELSE jobs.steps_total END,
+        spec = CASE WHEN {_FREE} THEN EXCLUDED.spec ELSE jobs.spec END,
+        source_key = CASE WHEN {_FREE} THEN EXCLUDED.source_key ELSE jobs.source_key END,
+        webhook_url = CASE WHEN {_FREE} THEN EXCLUDED.webhook_url ELSE jobs.webhook_url END,
+        tenant = CASE WHEN {_FREE} THEN EXCLUDED.tenant ELSE jobs.tenant END,
+        created_at = CASE WHEN {_FREE} THEN LEAST(jobs.created_at, EXCLUDED.created_at)
+                          ELSE jobs.created_at END,
+        request_hash = CASE WHEN {_FREE} THEN EXCLUDED.request_hash ELSE jobs.request_hash END
+RETURNING request_hash
 """
-
-SELECT_REQUEST_HASH: Final = "SELECT request_hash FROM jobs WHERE job_id = $1"
 
 # A key older than the TTL is taken over by the new request, as if it had never been used.
 # A concurrent claim of the same key waits here on the unique index until the first
@@ -330,8 +335,7 @@ async def claim_job_id(conn: Any, job: NewJob, time: datetime) -> bool:
     """Make the job's row for the request `job.request_hash` unless it exists: True when the
     id is this request's (new, or the same request again), False when another request holds
     it."""
-    await conn.execute(CLAIM_JOB_ID, *job.params(), time)
-    owner = await conn.fetchval(SELECT_REQUEST_HASH, job.job_id)
+    owner = await conn.fetchval(CLAIM_JOB_ID, *job.params(), time)
     return owner is None or owner == job.request_hash
 
 

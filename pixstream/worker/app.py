@@ -186,7 +186,7 @@ def build_app(settings: Settings, ops: Sequence[str] | None = None) -> faust.App
 
     pruner = TablePruner(jobs, partitions[settings.topic("events")], settings.prune_after_seconds)
 
-    recorder = Recorder(res, loop=res.loop)
+    recorder = Recorder(res, linger=settings.recorder_linger_seconds, loop=res.loop)
     app.add_dependency(recorder)  # after `res`, so it stops before it
 
     async def lifecycle(message: Message[Any]) -> None:

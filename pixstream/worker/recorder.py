@@ -3,9 +3,10 @@ and appends each event to the job's event log (`db.job_events`) in the same tran
 the record and the live stream never disagree. Both writes are idempotent, so a replayed
 event changes nothing.
 
-It writes in batches, one transaction for what the events topic delivered while the previous
-batch was being written: one event alone when traffic is light (never waiting for more), up
-to `MAX_BATCH` under load, in a fixed number of statements however many. Each event's offset
+It writes in batches, one transaction for what the events topic delivered in the
+`recorder_linger_seconds` after a batch's first event and while the previous batch was being
+written, up to `MAX_BATCH`, in a fixed number of statements however many. Only PostgreSQL's
+view waits: the tracker, the terminal event and the notifier do not. Each event's offset
 is committed only once its batch has committed (`Recorder.submit` gives the lifecycle agent a
 future for that). A batch that fails is written again event by event, each delivered as the
 agent would (`handling.deliver`): a bad event is dead-lettered alone, the others recorded.
@@ -60,9 +61,10 @@ async def record_many(conn: Any, events: Sequence[tuple[str, CloudEvent, Data]])
 class Recorder(Service):
     """The batch writer: events go in by `submit`, one task writes them in order."""
 
-    def __init__(self, res: Resources, **kwargs: Any) -> None:
+    def __init__(self, res: Resources, *, linger: float = 0.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.res = res
+        self.linger = linger
         self._queue: list[Pending] = []
         self._arrived = asyncio.Event()
         self._room = asyncio.Event()
@@ -103,6 +105,8 @@ class Recorder(Service):
         try:
             while not self.should_stop:
                 await self._arrived.wait()
+                if self.linger:
+                    await asyncio.sleep(self.linger)  # the rest of the batch arrives
                 self._arrived.clear()
                 while self._queue and not self.should_stop:
                     batch = self._queue[:MAX_BATCH]

@@ -387,6 +387,39 @@ async def test_a_job_id_is_claimed_once_and_the_same_request_may_claim_it_again(
     assert job.tenant == "acme"
 
 
+async def test_a_claim_racing_another_request_for_the_id_sees_it(database_url: str) -> None:
+    first = await asyncpg.connect(database_url)
+    second = await asyncpg.connect(database_url)
+    try:
+        # The placeholder a step result makes when it overtakes its job.requested.
+        overtaken = Events()
+        await apply_event(first, overtaken.completed())
+        await first.execute("UPDATE jobs SET job_id = 'job-y' WHERE job_id = $1", overtaken.job_id)
+        tx = first.transaction()
+        await tx.start()
+        assert await _claim(first, "job-y", "d1")
+        waiting = asyncio.create_task(_claim(second, "job-y", "d2", tenant="globex"))
+        await asyncio.sleep(0.3)
+        assert not waiting.done()  # blocked on the row until the first claim ends
+        await tx.commit()
+        assert not await waiting  # the id is the first request's, committed meanwhile
+        job = await repository.get_job(first, "job-y")
+        assert job is not None
+        assert (job.tenant, job.steps_total) == ("acme", 1)
+
+        # A new id claimed by two requests at once: the second waits and sees the first.
+        tx = first.transaction()
+        await tx.start()
+        assert await _claim(first, "job-z", "d1")
+        waiting = asyncio.create_task(_claim(second, "job-z", "d2", tenant="globex"))
+        await asyncio.sleep(0.3)
+        await tx.commit()
+        assert not await waiting
+    finally:
+        await first.close()
+        await second.close()
+
+
 async def test_jobs_are_listed_per_tenant_newest_first_in_pages(conn: Any) -> None:
     for i in range(5):
         await _claim(conn, f"job-{i}", f"d{i}", tenant="acme" if i != 2 else "globex")

@@ -85,6 +85,26 @@ async def test_what_arrives_during_a_write_is_written_next_in_one_batch(
     assert written == [["a"], ["b", "c", "d"]]
 
 
+async def test_a_batch_gathers_for_its_linger(monkeypatch: pytest.MonkeyPatch) -> None:
+    written: list[list[str]] = []
+
+    async def record_many(conn: Any, events: Batch) -> None:
+        written.append([job_id for job_id, _, _ in events])
+
+    monkeypatch.setattr(recorder, "record_many", record_many)
+    service = Recorder(FakeResources(), linger=0.2)  # type: ignore[arg-type]
+    await service.start()
+    try:
+        first = await service.submit(message("a", 0))
+        await asyncio.sleep(0.05)
+        assert written == []  # gathering
+        later = await service.submit(message("b", 1))
+        await asyncio.wait_for(asyncio.gather(first, later), 1)
+    finally:
+        await service.stop()
+    assert written == [["a", "b"]]
+
+
 async def test_a_failed_batch_is_written_one_by_one_and_a_bad_event_dead_lettered_alone(
     started: tuple[Recorder, FakeResources], monkeypatch: pytest.MonkeyPatch
 ) -> None:
