@@ -91,5 +91,8 @@ def configure(level: str = "INFO", *, json_output: bool = False) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # The libraries speak at INFO only when we are asked for DEBUG (their own DEBUG is one
+    # line per fetch): rebalances and recoveries are what a debugging operator needs to see.
+    libraries = logging.INFO if root.level <= logging.DEBUG else max(logging.WARNING, root.level)
     for noisy in ("aiokafka", "botocore", "aiobotocore", "faust", "mode"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+        logging.getLogger(noisy).setLevel(libraries)

@@ -40,6 +40,7 @@ from pixstream.worker.notifier import Deliveries, notify
 from pixstream.worker.pruning import Pruner, TablePruner
 from pixstream.worker.reconciler import Reconciler
 from pixstream.worker.recorder import NotRecorded, Recorder
+from pixstream.worker.recovery import WorkerTableManager
 from pixstream.worker.resources import Resources
 from pixstream.worker.tracker import track
 
@@ -91,6 +92,7 @@ def build_app(settings: Settings, ops: Sequence[str] | None = None) -> faust.App
         datadir=str(datadir / "{conf.name}"),
         web_enabled=False,
         autodiscover=False,
+        TableManager=WorkerTableManager,  # its recovery ends a rebalance without a loss
         topic_partitions=partitions[settings.topic("events")],
         topic_replication_factor=1,
         consumer_auto_offset_reset="earliest",

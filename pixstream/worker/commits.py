@@ -213,11 +213,29 @@ class LedgerConsumer(faust_aiokafka.Consumer):
             if tp not in assignment:
                 self.ledger.forget(tp)
                 continue
-            committed = await self._committed(tp)
-            if committed is None:
-                committed = (await self.earliest_offsets(tp)).get(tp)
+            committed = await self._group_position(tp)
             if committed is not None:
                 self.ledger.start(tp, committed)
+
+    async def read_again_from_commit(self) -> None:
+        """Seek every stream partition held to where the group's commit stands (the log
+        start when nothing was committed), so what was fetched and then dropped before a
+        handler took it is read again (see `recovery`). Faust's own `perform_seek` leaves
+        partitions with no commit, or a commit at 0, where they are."""
+        for tp in self.assignment():
+            if self._is_changelog_tp(tp):
+                continue
+            committed = await self._group_position(tp)
+            if committed is not None:
+                self.ledger.start(tp, committed)
+                await self.seek(tp, committed)  # also lets Faust deliver from there again
+
+    async def _group_position(self, tp: TP) -> int | None:
+        """The group's committed offset of `tp`, or the log start when there is none."""
+        committed = await self._committed(tp)
+        if committed is None:
+            committed = (await self.earliest_offsets(tp)).get(tp)
+        return committed
 
     async def _committed(self, tp: TP) -> int | None:
         thread = self._thread
