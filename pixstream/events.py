@@ -38,6 +38,18 @@ JOB_RETRIED: Final = "pixstream.job.retried"
 TASK_STARTED: Final = "pixstream.task.started"
 #: The events that end a run (a retry opens the next one).
 TERMINAL_TYPES: Final = frozenset({JOB_COMPLETED, JOB_FAILED})
+#: A job's lifecycle on the events topic: what the record, the log and the streams follow.
+LIFECYCLE_TYPES: Final = frozenset(
+    {
+        JOB_REQUESTED,
+        JOB_RETRIED,
+        TASK_STARTED,
+        STEP_COMPLETED,
+        STEP_FAILED,
+        JOB_COMPLETED,
+        JOB_FAILED,
+    }
+)
 
 DEFAULT_SOURCE: Final = "/pixstream"
 

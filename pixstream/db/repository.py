@@ -19,14 +19,8 @@ import asyncpg
 
 from pixstream import errors, ownership
 from pixstream.events import (
-    JOB_COMPLETED,
-    JOB_FAILED,
-    JOB_REQUESTED,
-    JOB_RETRIED,
+    LIFECYCLE_TYPES,
     OUTPUT,
-    STEP_COMPLETED,
-    STEP_FAILED,
-    TASK_STARTED,
     CloudEvent,
     Data,
     JobCompleted,
@@ -457,17 +451,6 @@ async def count_jobs_by_status(conn: Any) -> dict[str, int]:
 
 
 # -- the projection -----------------------------------------------------------------------------
-_PROJECTED: Final = frozenset(
-    {
-        JOB_REQUESTED,
-        JOB_RETRIED,
-        TASK_STARTED,
-        STEP_COMPLETED,
-        STEP_FAILED,
-        JOB_COMPLETED,
-        JOB_FAILED,
-    }
-)
 
 
 @dataclass(frozen=True)
@@ -616,7 +599,7 @@ def _requested(job: JobRecord | None, data: JobRequested, time: datetime, tenant
 
 async def apply_event(conn: Any, event: CloudEvent) -> None:
     """Project one lifecycle event onto `jobs`: `apply_events` of one."""
-    if event.type in _PROJECTED:
+    if event.type in LIFECYCLE_TYPES:
         await apply_events(conn, [(event, parse_data(event))])
 
 
@@ -629,7 +612,7 @@ async def apply_events(conn: Any, events: Sequence[tuple[CloudEvent, Data]]) -> 
     job.failed (with their parsed data); other types are ignored."""
     by_job: dict[str, list[tuple[CloudEvent, Data]]] = {}
     for event, data in events:
-        if event.type in _PROJECTED:
+        if event.type in LIFECYCLE_TYPES:
             by_job.setdefault(str(getattr(data, "job_id", "")), []).append((event, data))
     if not by_job:
         return

@@ -17,15 +17,7 @@ from typing import Any, cast
 
 import faust
 
-from pixstream.events import (
-    JOB_COMPLETED,
-    JOB_FAILED,
-    JOB_REQUESTED,
-    JOB_RETRIED,
-    STEP_COMPLETED,
-    STEP_FAILED,
-    TASK_STARTED,
-)
+from pixstream.events import LIFECYCLE_TYPES
 from pixstream.ops import OPERATIONS
 from pixstream.redelivery import ORIGIN_TOPIC, TIERS, Record
 from pixstream.settings import Settings
@@ -45,18 +37,6 @@ from pixstream.worker.resources import Resources
 from pixstream.worker.tracker import track
 
 log = logging.getLogger(__name__)
-
-LIFECYCLE_TYPES = frozenset(
-    {
-        JOB_REQUESTED,
-        JOB_RETRIED,
-        TASK_STARTED,
-        STEP_COMPLETED,
-        STEP_FAILED,
-        JOB_COMPLETED,
-        JOB_FAILED,
-    }
-)
 
 
 class WorkerApp(faust.App):
