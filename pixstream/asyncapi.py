@@ -35,11 +35,21 @@ ENVELOPE: Final = "cloudevent"  # components.schemas name of cloudevent.schema.j
 
 DEAD_LETTER: Final = "deadLetter"  # the one message that is not a CloudEvent type
 
-# The public channels: id (also the declared topic name) -> what it is for.
+# The public channels: id -> (the declared topic name, what it is for).
 _PUBLIC: Final = {
-    "jobs": "Job requests: the ingress and any other system produce here.",
-    "events": "Job lifecycle events, in order per job.",
-    "dlq": "Dead letters: records that could not be processed.",
+    "jobs": ("jobs", "Job requests: the ingress and any other system produce here."),
+    "jobsBatch": (
+        "jobs.batch",
+        'Batch job requests (`"priority": "batch"`): the faster path for a system that '
+        "sends many at once (a backfill). The ingress sends its batch jobs here. They are "
+        "planned only while the jobs topic and the op topics have nothing waiting, so an "
+        "interactive request is not planned after the whole burst, as it is when the burst "
+        "goes to the jobs topic (which still takes batch requests and plans them in arrival "
+        "order). A request's `priority`, not its topic, decides which op topics its tasks "
+        "wait on.",
+    ),
+    "events": ("events", "Job lifecycle events, in order per job."),
+    "dlq": ("dlq", "Dead letters: records that could not be processed."),
 }
 _LIFECYCLE: Final = [
     events.JOB_RETRIED,  # the planner's announcement of a retry's run
@@ -51,6 +61,7 @@ _LIFECYCLE: Final = [
 ]
 _CHANNEL_MESSAGES: Final = {
     "jobs": [events.JOB_REQUESTED, events.JOB_RETRIED],
+    "jobsBatch": [events.JOB_REQUESTED, events.JOB_RETRIED],
     "events": _LIFECYCLE,
     "dlq": [DEAD_LETTER],
     "op": [events.TASK_REQUESTED],
@@ -135,8 +146,8 @@ def _document(prefix: str) -> dict[str, Any]:
     # topics (topics/topics.toml) under `prefix`, not this machine's configuration.
     topics = {t.name: t for t in load_topics(Settings.model_construct(topic_prefix=prefix))}
     channels = {
-        name: _public_channel(name, topics[f"{prefix}.{name}"], description)
-        for name, description in _PUBLIC.items()
+        channel: _public_channel(channel, topics[f"{prefix}.{name}"], description)
+        for channel, (name, description) in _PUBLIC.items()
     }
     channels["op"] = _op_channel(prefix)
     channels["retry"] = _retry_channel(prefix)
@@ -147,8 +158,9 @@ def _document(prefix: str) -> dict[str, Any]:
             "version": __version__,
             "description": (
                 "Streaming image processing on Kafka. Send a `pixstream.job.requested` "
-                f"CloudEvent to `{prefix}.jobs` (key: the job id) and follow the job on "
-                f"`{prefix}.events`; what cannot be processed lands in `{prefix}.dlq`. Every "
+                f"CloudEvent to `{prefix}.jobs` (key: the job id; many batch jobs at once: "
+                f"`{prefix}.jobs.batch`) and follow the job on `{prefix}.events`; what cannot "
+                f"be processed lands in `{prefix}.dlq`. Every "
                 "value is a CloudEvents 1.0 structured-mode JSON event whose `data` has a JSON "
                 "Schema in `schemas/` (the same schemas as `components.schemas` here). Topic "
                 f"names are `<PIXSTREAM_TOPIC_PREFIX>.<name>`; this document uses `{prefix}`."
@@ -184,12 +196,12 @@ def _document(prefix: str) -> dict[str, Any]:
 
 
 # -- channels ---------------------------------------------------------------------------------
-def _public_channel(name: str, topic: TopicConfig, description: str) -> dict[str, Any]:
+def _public_channel(channel: str, topic: TopicConfig, description: str) -> dict[str, Any]:
     return {
         "address": topic.name,
         "title": topic.name,
         "description": description,
-        "messages": _channel_messages(name),
+        "messages": _channel_messages(channel),
         "tags": [{"name": "public"}],
         "bindings": {"kafka": {**_topic_binding(topic), "bindingVersion": KAFKA_BINDING}},
     }
@@ -201,7 +213,8 @@ def _op_channel(prefix: str) -> dict[str, Any]:
         "title": f"{prefix}.op.<op>",
         "description": "Internal: one topic per operation, so each op scales on its own "
         "partitions and consumers. The planner sends each root step (and its chain) to the "
-        "topic of the step's op.",
+        "topic of the step's op; a batch job's to `<address>.batch`, taken only while the "
+        "op topics have nothing waiting.",
         "parameters": {
             "op": {"enum": sorted(OPERATIONS), "description": "The first step's operation."}
         },
@@ -258,13 +271,29 @@ def _operations() -> dict[str, Any]:
             "events topic, then one task with only the steps the retry runs.",
         ),
         (
+            "receiveBatchJobRequests",
+            "receive",
+            "jobsBatch",
+            "The planner plans these as it plans the jobs topic's, one at a time per worker "
+            "and only while the jobs topic and the op topics have nothing waiting for it.",
+        ),
+        (
             "sendJobRequests",
             "send",
             "jobs",
             "The ingress publishes a `pixstream.job.requested` for every accepted "
             "`POST /v1/jobs`, and a `pixstream.job.retried` for every accepted "
             "`POST /v1/jobs/{id}/retry` (other systems retry through that route, which checks "
-            "that the job failed and that its source is retained).",
+            "that the job failed and that its source is retained). Those of a batch job go "
+            "to the batch jobs topic instead.",
+        ),
+        (
+            "sendBatchJobRequests",
+            "send",
+            "jobsBatch",
+            "The ingress publishes here what it would publish to the jobs topic for a job of "
+            '`"priority": "batch"`: its `pixstream.job.requested` and the '
+            "`pixstream.job.retried` of each of its retries.",
         ),
         (
             "sendTasks",

@@ -150,7 +150,8 @@ class JobRequested(Data):
         default=INTERACTIVE,
         exclude_if=lambda v: v == INTERACTIVE,  # absent when interactive: requests as before v2
         description="`batch`: its task waits on `<prefix>.op.<op>.batch`, consumed only while "
-        "the interactive op topics have nothing waiting.",
+        "the interactive op topics have nothing waiting. Sent to `<prefix>.jobs.batch` (as the "
+        "ingress does), the request itself is planned in that lane too.",
     )
 
 
@@ -239,7 +240,8 @@ class JobRetried(Data):
     priority: Priority = Field(
         default=INTERACTIVE,
         exclude_if=lambda v: v == INTERACTIVE,
-        description="The job's own: a batch job's retry runs in the batch lane too.",
+        description="The job's own: a batch job's retry runs in the batch lane too (the "
+        "ingress sends it to `<prefix>.jobs.batch`).",
     )
 
 

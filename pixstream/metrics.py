@@ -71,8 +71,9 @@ DEAD_LETTERS: Final = Counter(
 )
 LANE_LAG: Final = Gauge(
     "pixstream_lane_lag",
-    "Messages not yet consumed by the worker's group on the op topics, by lane (interactive: "
-    "pixstream.op.<op>; batch: pixstream.op.<op>.batch).",
+    "Messages not yet consumed by the worker's group on the laned topics, by lane (interactive: "
+    "pixstream.jobs and pixstream.op.<op>; batch: pixstream.jobs.batch and "
+    "pixstream.op.<op>.batch).",
     ["lane"],
 )
 LANE_PAUSED: Final = Gauge(

@@ -1,12 +1,13 @@
-"""The declared Kafka topics (topics/topics.toml) and how the broker is made to match them."""
+"""The declared Kafka topics (topics/topics.toml), which of them a job request or a task of
+each priority goes to, and how the broker is made to match them."""
 
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
@@ -14,10 +15,43 @@ from aiokafka.admin.new_partitions import NewPartitions
 from aiokafka.errors import for_code
 
 from pixstream.settings import Settings
+from pixstream.spec import BATCH, INTERACTIVE
 
 DEFAULT_FILE = Path(__file__).resolve().parents[1] / "topics" / "topics.toml"
 #: The worker's one Faust table (job progress, keyed like the events topic).
 TRACKER_TABLE = "jobs"
+#: The contract's jobs topic: job requests of any priority, from the ingress and other systems.
+JOBS: Final = "jobs"
+#: The lane of batch work: `jobs.batch` and `op.<op>.batch` next to `jobs` and `op.<op>`.
+BATCH_SUFFIX: Final = ".batch"
+
+
+def jobs_topic(priority: str) -> str:
+    """The jobs topic (relative name) PixStream sends a request or a retry of this priority to.
+    Batch requests have a lane of their own, so an interactive request never waits behind a
+    burst of them to be planned; `jobs` still takes batch requests from other systems."""
+    return f"{JOBS}{BATCH_SUFFIX}" if priority == BATCH else JOBS
+
+
+def op_topic(op: str, priority: str) -> str:
+    """The op topic (relative name) a task of this priority waits on."""
+    return f"op.{op}{BATCH_SUFFIX}" if priority == BATCH else f"op.{op}"
+
+
+def lane_topics(settings: Settings, priority: str, ops: Iterable[str]) -> list[str]:
+    """The topics of one lane (full names) for a worker running `ops`: the jobs topic of that
+    priority, then the op topics."""
+    names = [jobs_topic(priority), *(op_topic(op, priority) for op in ops)]
+    return [settings.topic(name) for name in names]
+
+
+def lane_of(name: str) -> str | None:
+    """`interactive` or `batch` for a laned topic (relative name: the jobs and op topics),
+    None for any other. `jobs` is interactive: what waits there is planned first."""
+    laned = name.removesuffix(BATCH_SUFFIX)
+    if laned != JOBS and not laned.startswith("op."):
+        return None
+    return BATCH if name.endswith(BATCH_SUFFIX) else INTERACTIVE
 
 
 def changelog_topic(settings: Settings, table: str = TRACKER_TABLE) -> str:

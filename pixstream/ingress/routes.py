@@ -65,6 +65,7 @@ from pixstream.ownership import request_digest, with_tenant
 from pixstream.plan import Plan
 from pixstream.rerun import kept_outputs, rerun_steps
 from pixstream.spec import ID_PATTERN, INTERACTIVE, JobSpec, StepSpec, parse_spec
+from pixstream.topics import jobs_topic
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +189,10 @@ async def _accept(
             request_hash=request_digest(event),
         )
         await repository.create_job(conn, row)
-        await outbox.add(conn, app[SETTINGS].topic("jobs"), job_id, event.to_bytes())
+        # A batch job's request takes the batch lane's jobs topic, so an interactive one
+        # posted behind a burst of them is not planned after the whole burst.
+        topic = app[SETTINGS].topic(jobs_topic(spec.priority))
+        await outbox.add(conn, topic, job_id, event.to_bytes())
     app[RELAY].wake()
     UPLOAD_BYTES.observe(len(upload.data))
     log.info(
@@ -242,7 +246,8 @@ async def retry_job(request: web.Request) -> web.Response:
         rerun_ids = {s.id for s in rerun}
         await repository.open_run(conn, job.job_id, run, rerun_ids, event.time, retry=True)
         await job_events.append(conn, job.job_id, event)
-        await outbox.add(conn, settings.topic("jobs"), job.job_id, event.to_bytes())
+        topic = settings.topic(jobs_topic(retried.priority))  # in the job's lane
+        await outbox.add(conn, topic, job.job_id, event.to_bytes())
     app[RELAY].wake()
     log.info(
         "job retried",

@@ -22,12 +22,12 @@ from pixstream.ops import OPERATIONS
 from pixstream.redelivery import ORIGIN_TOPIC, TIERS, Record
 from pixstream.settings import Settings
 from pixstream.spec import BATCH, INTERACTIVE
-from pixstream.topics import TRACKER_TABLE, load_topics
+from pixstream.topics import TRACKER_TABLE, jobs_topic, lane_topics, load_topics, op_topic
 from pixstream.worker import planner, steps
 from pixstream.worker.commits import LedgerConsumer, LedgerTransport
 from pixstream.worker.handling import Message, Route, deliver
 from pixstream.worker.lag import LagMonitor
-from pixstream.worker.lanes import GiveWay, Lanes, op_topic
+from pixstream.worker.lanes import GiveWay, Lanes
 from pixstream.worker.notifier import Deliveries, notify
 from pixstream.worker.pruning import Pruner, TablePruner
 from pixstream.worker.reconciler import Reconciler
@@ -134,19 +134,29 @@ def build_app(settings: Settings, ops: Sequence[str] | None = None) -> faust.App
     def routed(source: Any, route: Route, concurrency: int = 1) -> None:
         agent(source, route.name, lambda r: deliver(route, r, res), concurrency)
 
-    # Concurrent like the op agents: a request stuck on a hung S3 must not hold every
-    # request behind it on the partition (the ledger keeps the commit behind the slow one).
-    routed(topic("jobs"), planner.route(res), settings.worker_concurrency)
     chosen = sorted(ops if ops is not None else OPERATIONS)
-    # Priority lanes: each op's batch topic is taken only while the interactive ones are idle.
+    # Priority lanes: the batch requests' topic and each op's batch topic are taken only while
+    # the interactive ones (the jobs topic and the op topics) are idle.
     lanes = Lanes(
         app,
-        [settings.topic(op_topic(op, INTERACTIVE)) for op in chosen],
-        [settings.topic(op_topic(op, BATCH)) for op in chosen],
+        lane_topics(settings, INTERACTIVE, chosen),
+        lane_topics(settings, BATCH, chosen),
         lambda: res.stopping,
         loop=res.loop,
     )
     app.add_dependency(lanes)
+    # Concurrent like the op agents: a request stuck on a hung S3 must not hold every
+    # request behind it on the partition (the ledger keeps the commit behind the slow one).
+    # One planner, two lanes: `jobs` (the contract's topic, any priority) is planned at once,
+    # `jobs.batch` in the batch turn, as batch tasks are.
+    plans = planner.route(res)
+    routed(topic(jobs_topic(INTERACTIVE)), lanes.interactive(plans), settings.worker_concurrency)
+    agent(
+        topic(jobs_topic(BATCH)),
+        f"{plans.name}-batch",
+        in_turn(lanes, plans, res),
+        settings.worker_concurrency,
+    )
     for op in chosen:
         interactive = lanes.interactive(steps.route(res, op))
         routed(topic(op_topic(op, INTERACTIVE)), interactive, settings.worker_concurrency)
@@ -215,7 +225,8 @@ def _handled(
 
 
 def in_turn(lanes: Lanes, route: Route, res: Resources) -> Callable[[Record], Awaitable[None]]:
-    """A batch agent's handler: `route`'s delivery, in the worker's batch turn."""
+    """A batch agent's handler (requests or tasks): `route`'s delivery, in the worker's batch
+    turn."""
 
     async def handle(record: Record) -> None:
         await lanes.batch(lambda: deliver(route, record, res))

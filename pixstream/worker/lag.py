@@ -14,7 +14,8 @@ from mode import Service
 
 from pixstream import metrics
 from pixstream.settings import Settings
-from pixstream.worker.lanes import lane_of
+from pixstream.spec import BATCH, INTERACTIVE
+from pixstream.topics import lane_of
 
 log = logging.getLogger(__name__)
 INTERVAL_SECONDS = 15.0
@@ -35,11 +36,13 @@ async def group_lag(
     return dict(lag)
 
 
-def lane_lag(lag: dict[str, int], topics: Sequence[str]) -> dict[str, int]:
-    """The op topics' lag summed per lane (`interactive`, `batch`)."""
-    lanes = {"interactive": 0, "batch": 0}
+def lane_lag(lag: dict[str, int], topics: Sequence[str], prefix: str) -> dict[str, int]:
+    """The laned topics' lag summed per lane: `interactive` (the jobs topic and the op
+    topics) and `batch` (`jobs.batch` and the op topics' batch topics). `topics` are full
+    names under `prefix`."""
+    lanes = {INTERACTIVE: 0, BATCH: 0}
     for topic in topics:
-        if (lane := lane_of(topic)) is not None:
+        if (lane := lane_of(topic.removeprefix(f"{prefix}."))) is not None:
             lanes[lane] += lag.get(topic, 0)
     return lanes
 
@@ -66,7 +69,8 @@ class LagMonitor(Service):
                     lag = await group_lag(admin, consumer, self.settings.app_id, self.topics)
                     for topic in self.topics:
                         metrics.CONSUMER_LAG.labels(topic=topic).set(lag.get(topic, 0))
-                    for lane, total in lane_lag(lag, self.topics).items():
+                    prefix = self.settings.topic_prefix
+                    for lane, total in lane_lag(lag, self.topics, prefix).items():
                         metrics.LANE_LAG.labels(lane=lane).set(total)
                 except KafkaError as exc:
                     log.warning("consumer lag not measured: %s", exc)

@@ -1,17 +1,21 @@
-"""Priority lanes: `"priority": "batch"` tasks wait on `<prefix>.op.<op>.batch` and are taken
-only while this worker's interactive op topics have nothing waiting, so a backfill never
-delays a new upload by more than one task per worker.
+"""Priority lanes: `"priority": "batch"` work waits on topics of its own, requests on
+`<prefix>.jobs.batch` and tasks on `<prefix>.op.<op>.batch`, and is taken only while this
+worker's interactive topics (`<prefix>.jobs` and `<prefix>.op.<op>`) have nothing waiting,
+so a backfill never delays a new upload by more than one batch handling per worker: neither
+its renders nor, when its requests come in a burst, their planning.
 
 Two mechanisms, one for throughput and one for the bound:
-- `Lanes` looks at the interactive op partitions this worker holds every STEER_SECONDS:
-  while one has a task in flight or a message on the broker past the consumer's position,
-  the batch partitions are paused in the consumer (nothing more is fetched for them),
-  otherwise resumed. Faust pauses and resumes partitions itself around rebalances and
-  recoveries, so the state is asserted again on every tick rather than set once.
-- `batch_turn` is the gate every batch task passes before it is handled: one batch task
-  per worker at a time, and only while the interactive lane is idle. Messages fetched before
-  a pause wait there instead of running, so an interactive task that arrives while a batch
-  task runs waits for that one task at most (and the render pool keeps a slot free for it).
+- `Lanes` looks at the interactive partitions this worker holds every STEER_SECONDS: while
+  one has a request or a task in flight or a message on the broker past the consumer's
+  position, the batch partitions (requests and tasks) are paused in the consumer (nothing
+  more is fetched for them), otherwise resumed. Faust pauses and resumes partitions itself
+  around rebalances and recoveries, so the state is asserted again on every tick rather
+  than set once.
+- `batch_turn` is the gate every batch request and task passes before it is handled: one at
+  a time per worker, and only while the interactive lane is idle. Messages fetched before a
+  pause wait there instead of running, so an interactive request or task that arrives while
+  batch work runs waits for that one handling at most (and the render pool keeps a slot free
+  for it).
 """
 
 from __future__ import annotations
@@ -26,30 +30,16 @@ from faust.exceptions import ConsumerNotStarted
 from mode import Service
 
 from pixstream import metrics
-from pixstream.spec import BATCH
 from pixstream.worker.handling import Message, Route
 
 log = logging.getLogger(__name__)
 
 STEER_SECONDS: Final = 0.05
-BATCH_SUFFIX: Final = ".batch"
-
-
-def op_topic(op: str, priority: str) -> str:
-    """The op topic (relative name) a task of this priority waits on."""
-    return f"op.{op}{BATCH_SUFFIX}" if priority == BATCH else f"op.{op}"
-
-
-def lane_of(topic: str) -> str | None:
-    """`interactive` or `batch` for an op topic (full name), None for any other topic."""
-    if ".op." not in topic:
-        return None
-    return "batch" if topic.endswith(BATCH_SUFFIX) else "interactive"
 
 
 class GiveWay(Exception):
-    """A batch task waiting for its turn gives way to a rebalance or a shutdown: it is not
-    handled now, and is read again by whoever holds its partition next."""
+    """A batch request or task waiting for its turn gives way to a rebalance or a shutdown:
+    it is not handled now, and is read again by whoever holds its partition next."""
 
 
 class Lanes(Service):
@@ -68,13 +58,14 @@ class Lanes(Service):
         self._interactive = frozenset(interactive)
         self._batch = frozenset(batch)
         self._stopping = stopping
-        self._in_flight = 0  # interactive tasks being handled in this worker
+        self._in_flight = 0  # interactive requests and tasks being handled in this worker
         self._idle = asyncio.Event()
-        self._turn = asyncio.Lock()  # one batch task at a time per worker
+        self._turn = asyncio.Lock()  # one batch request or task at a time per worker
         self._paused = False
 
     def interactive(self, route: Route) -> Route:
-        """`route`, counted as interactive work in flight while it handles a task."""
+        """`route`, counted as interactive work in flight while it handles a request or a
+        task."""
 
         async def handle(message: Message[Any]) -> None:
             self._in_flight += 1
@@ -101,7 +92,7 @@ class Lanes(Service):
             yield
 
     async def batch(self, handle: Callable[[], Awaitable[None]]) -> None:
-        """Run a batch task's handling in its turn."""
+        """Run a batch request's or task's handling in its turn."""
         async with self.batch_turn():
             await handle()
 
@@ -128,6 +119,11 @@ class Lanes(Service):
 
     @Service.timer(STEER_SECONDS)
     async def _steer(self) -> None:
+        self.steer()
+
+    def steer(self) -> None:
+        """Pause the batch partitions this worker holds while interactive work waits, resume
+        them otherwise (one tick of the steering timer)."""
         consumer = self._app.consumer
         if consumer is None:
             return

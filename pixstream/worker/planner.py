@@ -1,4 +1,5 @@
-"""The planner, on `<prefix>.jobs`: claim the job id for the request, validate it, make its
+"""The planner, on `<prefix>.jobs` and `<prefix>.jobs.batch` (the batch lane's requests, in the
+batch turn: `worker/lanes.py`): claim the job id for the request, validate it, make its
 source an object in the bucket, announce the job on the events topic, and send its DAG to
 the op topic of its first step as one task (docs/design.md says why one task carries the
 whole DAG).
@@ -40,8 +41,8 @@ from pixstream.plan import Plan
 from pixstream.redelivery import REDRIVE
 from pixstream.rerun import rerun_steps
 from pixstream.spec import ID_PATTERN, JobSpec, parse_spec
+from pixstream.topics import op_topic
 from pixstream.worker.handling import Message, Route
-from pixstream.worker.lanes import op_topic
 from pixstream.worker.resources import Resources
 from pixstream.worker.source import fetch_source, source_key
 

@@ -2,7 +2,7 @@
 facts say nothing will move it.
 
 A job is stalled when its PostgreSQL record shows no progress for `stall_seconds` and
-nothing for it waits anywhere: on every topic the worker's group consumes (the jobs topic,
+nothing for it waits anywhere: on every topic the worker's group consumes (the jobs topics,
 every op topic, every retry tier, the events topic) the partition its key maps to has been
 handled to its end (the group's committed offset equals the log end: with `commits`, an
 offset is committed only past handled messages, so a task still rendering, or parked in a
@@ -50,8 +50,8 @@ from pixstream.plan import Plan
 from pixstream.redelivery import REDRIVE, TIERS
 from pixstream.rerun import kept_outputs
 from pixstream.settings import Settings
-from pixstream.spec import INTERACTIVE, JobSpec, StepSpec
-from pixstream.topics import load_topics
+from pixstream.spec import BATCH, INTERACTIVE, JobSpec, StepSpec
+from pixstream.topics import jobs_topic, lane_topics, load_topics
 from pixstream.worker.resources import Resources
 
 log = logging.getLogger(__name__)
@@ -207,7 +207,7 @@ class Reconciler(Service):
             return
         log.warning("job stalled; sending it through the pipeline again", extra=extra)
         await res.send(
-            res.settings.topic("jobs"),
+            res.settings.topic(jobs_topic(request.priority)),  # in the job's lane
             announced.to_bytes(),
             key=job_id,
             headers=[(REDRIVE, str(redrives).encode())],
@@ -238,6 +238,8 @@ def _request_of(job: Mapping[str, Any], request: JobRequested, run: int) -> Clou
 
 def group_topics(settings: Settings) -> list[str]:
     """Every topic the worker's group consumes, whatever `--ops` one process runs."""
-    ops = [f"op.{op}{lane}" for op in OPERATIONS for lane in ("", ".batch")]
-    names = ["jobs", "events", *ops, *(t.name for t in TIERS)]
-    return [settings.topic(n) for n in names]
+    laned = [
+        *lane_topics(settings, INTERACTIVE, OPERATIONS),
+        *lane_topics(settings, BATCH, OPERATIONS),
+    ]
+    return [*laned, *(settings.topic(n) for n in ["events", *(t.name for t in TIERS)])]

@@ -17,7 +17,14 @@ from aiohttp.test_utils import TestClient
 from aiokafka import AIOKafkaConsumer
 
 from pixstream.db import tenants
-from pixstream.events import JOB_COMPLETED, JOB_FAILED, JOB_RETRIED, STEP_COMPLETED, STEP_FAILED
+from pixstream.events import (
+    JOB_COMPLETED,
+    JOB_FAILED,
+    JOB_REQUESTED,
+    JOB_RETRIED,
+    STEP_COMPLETED,
+    STEP_FAILED,
+)
 from pixstream.settings import Settings
 from pixstream.spec import StepSpec
 from pixstream.storage import s3_client
@@ -299,10 +306,13 @@ async def test_a_batch_jobs_retry_runs_in_the_batch_lane(pipeline: Pipeline, api
     assert [t["data"].get("run", 0) for t in first] == [0]
     again = await _tasks_on(pipeline.settings, "op.crop.batch", job_id)
     assert [t["data"].get("run", 0) for t in again] == [1]
+    # The ingress sent the job's request and its retry to the batch lane's jobs topic.
+    requests = await _tasks_on(pipeline.settings, "jobs.batch", job_id)
+    assert [r["type"] for r in requests] == [JOB_REQUESTED, JOB_RETRIED]
 
 
 async def _tasks_on(settings: Settings, topic: str, job_id: str) -> list[Any]:
-    """The job's task events on `topic`, once there is one."""
+    """The job's events on `topic` (tasks, or requests), once there is one."""
     consumer = AIOKafkaConsumer(
         settings.topic(topic),
         bootstrap_servers=settings.kafka_bootstrap,

@@ -63,8 +63,8 @@ async def jobs_count(settings: Settings) -> int:
         await conn.close()
 
 
-async def read_events(settings: Settings, count: int) -> list[CloudEvent]:
-    topic = settings.topic("jobs")
+async def read_events(settings: Settings, count: int, name: str = "jobs") -> list[CloudEvent]:
+    topic = settings.topic(name)
     events: list[CloudEvent] = []
     async with kafka.open_consumer(settings, topic, group_id=f"{settings.app_id}-t") as consumer:
         while len(events) < count:
@@ -111,6 +111,26 @@ async def test_post_job_stores_records_and_publishes(client: Client, topics: Set
     assert job["errors"] == []
     assert job["webhook"] is None
     assert job["expired"] is False
+
+
+async def test_a_batch_job_is_published_to_the_batch_lanes_jobs_topic(
+    client: Client, topics: Settings
+) -> None:
+    # Posted first, the batch job must not be planned ahead of the interactive one: it goes to
+    # jobs.batch (planned only while the jobs topic has nothing waiting), the other to jobs.
+    ids = {}
+    for priority in ("batch", "interactive"):
+        resp = await client.post(
+            "/v1/jobs", data=job_form(jpeg_bytes(), {**SPEC, "priority": priority})
+        )
+        assert resp.status == 202, await resp.text()
+        ids[priority] = (await resp.json())["job_id"]
+    (interactive,) = await read_events(topics, 1)
+    (batch,) = await read_events(topics, 1, "jobs.batch")
+    assert interactive.data["job_id"] == ids["interactive"]
+    assert "priority" not in interactive.data
+    assert batch.data["job_id"] == ids["batch"]
+    assert batch.data["priority"] == "batch"
 
 
 async def test_parts_in_either_order_and_a_preset(client: Client, topics: Settings) -> None:

@@ -40,6 +40,7 @@ def test_every_topic_and_message_type_of_the_contract() -> None:
     channels = doc["channels"]
     addresses = {c["address"] for c in channels.values()}
     assert {"pixstream.jobs", "pixstream.events", "pixstream.dlq", "pixstream.op.{op}"} <= addresses
+    assert channels["jobsBatch"]["address"] == "pixstream.jobs.batch"  # batch producers' path
     names = {m["name"] for m in doc["components"]["messages"].values()}
     assert set(events.DATA_MODELS) | {"deadLetter"} == names
 
@@ -49,6 +50,7 @@ def test_every_topic_and_message_type_of_the_contract() -> None:
         }
 
     assert on("jobs") == {events.JOB_REQUESTED, events.JOB_RETRIED}
+    assert on("jobsBatch") == {events.JOB_REQUESTED, events.JOB_RETRIED}
     assert on("events") == {
         events.JOB_RETRIED,
         events.TASK_STARTED,
