@@ -107,7 +107,10 @@ async def read_backlog(
     dead_letter_keys: Iterable[str],
 ) -> Backlog:
     committed = await admin.list_consumer_group_offsets(group)
-    tps = [TopicPartition(t, p) for t, n in partitions.items() for p in range(n)]
+    # A declared topic the broker does not have yet (`pixstream topics apply` not run since it
+    # was declared) holds nothing, and asking for its offsets would time out the whole sweep.
+    present = await consumer.topics()
+    tps = [TopicPartition(t, p) for t, n in partitions.items() if t in present for p in range(n)]
     ends = await consumer.end_offsets(tps)
     starts = await consumer.beginning_offsets(tps)
     unfinished = set()
