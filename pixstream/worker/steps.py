@@ -49,8 +49,27 @@ class RenderInterrupted(errors.TransientError):
 def route(res: Resources, op: str) -> Route:
     """The op agent of `op`: tasks in, outputs and step events out."""
 
+    # Copies of one task taken here at once share the first copy's render. A job request read
+    # again after a restart is planned again, and a rebalance reads again what an agent holds:
+    # each makes a copy with the same event id. A second render would count as a second start
+    # of the task, and starts in flight look like crashes to the next copy (`_counted_render`):
+    # a good job then failed worker_crashed in the fault suite.
+    in_flight: dict[str, asyncio.Event] = {}
+
     async def handle(message: Message[TaskRequested]) -> None:
-        await render_task(res, message, op)
+        task_id = message.event.id
+        if (first := in_flight.get(task_id)) is not None:
+            # Its outcome is this copy's: reported by it, parked in a retry tier by it, or
+            # (given back unfinished) read again from its own record, which holds the
+            # partition's commit until it is handled.
+            await first.wait()
+            return
+        in_flight[task_id] = done = asyncio.Event()
+        try:
+            await render_task(res, message, op)
+        finally:
+            del in_flight[task_id]
+            done.set()
 
     async def refuse(message: Message[TaskRequested], exc: errors.PermanentError) -> None:
         # The source itself is at fault (or the task cannot be planned): every step fails.
