@@ -77,4 +77,5 @@ bench: up corpus  ## PixStream through HTTP and Kafka against the codec limit, i
 MINUTES ?= 5
 RUNS    ?= 5
 chaos: up  ## the fault suite: RUNS runs of MINUTES minutes of faults (figures in docs/reliability.md)
+	$(BIN)/pytest -m fault_run
 	$(BIN)/python -m bench.chaos --minutes $(MINUTES) --runs $(RUNS)

@@ -44,9 +44,7 @@ class SeekAfterClearRecovery(Recovery):
         consumer = self.app.consumer
         if self.app.consumer_generation_id != generation_id or not consumer.assignment():
             return  # rebalancing again: that rebalance ends with its own seek
-        self.log.info(
-            "Reading the stream partitions again from the commit (their queues were cleared)"
-        )
+        self.log.info("Reading the stream partitions again from the group's commit.")
         await self._wait(
             cast(LedgerConsumer, consumer).read_again_from_commit(),
             timeout=self.app.conf.broker_request_timeout,

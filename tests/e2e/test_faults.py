@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -341,12 +342,17 @@ async def test_dlq_replay_redrives_a_dead_letter_once_the_cause_is_fixed(
             private_s3.up()
 
         dry = _cli(settings, "dlq", "replay", "--all", "--dry-run")
-        assert "1 would replay" in dry.stdout, dry.stdout + dry.stderr
+        # Usually one letter; two when a rebalance (a loaded machine misses a heartbeat) read
+        # the parked task again before its commit: at least once, and both copies are the
+        # same task, so the job still ends once (checked below).
+        letters = re.search(r"^(\d+) would replay, 0 skipped$", dry.stdout, re.MULTILINE)
+        assert letters is not None, dry.stdout + dry.stderr
+        assert int(letters[1]) in (1, 2), dry.stdout
         first = _cli(settings, "dlq", "replay", "--all")
-        assert "1 replayed, 0 skipped" in first.stdout, first.stdout + first.stderr
+        assert f"{letters[1]} replayed, 0 skipped" in first.stdout, first.stdout + first.stderr
         await pipeline.watcher.wait_terminal([job], within=60)
         again = _cli(settings, "dlq", "replay", "--all")
-        assert "0 replayed, 1 skipped" in again.stdout, again.stdout + again.stderr
+        assert f"0 replayed, {letters[1]} skipped" in again.stdout, again.stdout + again.stderr
         marker = await submit(settings)  # processed after anything a second replay could send
         await pipeline.watcher.wait_terminal([marker])
         (terminal,) = pipeline.watcher.of_type(job, *TERMINAL)
