@@ -25,6 +25,7 @@ consumer at the two places it computes commits; Faust's acks still drive its own
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Iterable, Iterator
@@ -45,6 +46,9 @@ log = logging.getLogger(__name__)
 #: on one no handler holds before the partition is read again from it.
 REREAD_CHECK_SECONDS = 2.0
 REREAD_AFTER_SECONDS = 6.0
+#: How long the consumer's delivery loop is given to stop before a seek (see
+#: `read_again_from_commit`).
+FLOW_SETTLE_SECONDS = 0.05
 
 
 @dataclass
@@ -221,14 +225,25 @@ class LedgerConsumer(faust_aiokafka.Consumer):
         """Seek every stream partition held to where the group's commit stands (the log
         start when nothing was committed), so what was fetched and then dropped before a
         handler took it is read again (see `recovery`). Faust's own `perform_seek` leaves
-        partitions with no commit, or a commit at 0, where they are."""
-        for tp in self.assignment():
-            if self._is_changelog_tp(tp):
-                continue
-            committed = await self._group_position(tp)
-            if committed is not None:
-                self.ledger.start(tp, committed)
-                await self.seek(tp, committed)  # also lets Faust deliver from there again
+        partitions with no commit, or a commit at 0, where they are.
+
+        The seeks happen with flow stopped: a batch the fetcher returned before them and
+        delivered after would move Faust's read offset past what the seek is for, and Faust
+        drops what it reads below its read offset."""
+        held = [tp for tp in self.assignment() if not self._is_changelog_tp(tp)]
+        positions = {tp: await self._group_position(tp) for tp in held}
+        self.stop_flow()
+        try:
+            # What the delivery loop holds ends within a few turns of the event loop once
+            # flow is stopped (its wait on flow returns, its batch breaks off); no I/O.
+            await asyncio.sleep(FLOW_SETTLE_SECONDS)
+            for tp, position in positions.items():
+                if position is not None and tp in self.assignment():
+                    self.ledger.start(tp, position)
+                    await self.seek(tp, position)  # also lets Faust deliver from there again
+        finally:
+            if not self.app.rebalancing:  # else the next rebalance resumes flow at its end
+                self.resume_flow()
 
     async def _group_position(self, tp: TP) -> int | None:
         """The group's committed offset of `tp`, or the log start when there is none."""

@@ -18,9 +18,11 @@ from pixstream.settings import Settings
 from tests.e2e.conftest import running_pipeline
 from tests.harness import TERMINAL, jpeg_bytes, submit
 
-#: In `make chaos`, not `make test`: it fails now and then under heavy load (1 round of 8 with
-#: the fault suite and the whole test suite sharing 2 cores: a job on partition 0 never
-#: planned), a loss path not found yet; on a quiet machine 60 rounds of 60 passed.
+#: In `make chaos`, not `make test`: it once failed one round of eight while the fault suite
+#: and the whole test suite shared the 2 cores (a job on partition 0 never planned). The
+#: likely path, a batch delivered after the re-seek moving Faust's read offset past it, is
+#: closed (flow stopped around the seeks, see `commits.read_again_from_commit`) and 3 runs of
+#: 10 rounds passed under the same load since; a chance failure would still fail all of CI.
 pytestmark = [
     pytest.mark.fault_run,
     pytest.mark.e2e,
@@ -30,7 +32,7 @@ pytestmark = [
     pytest.mark.postgres,
 ]
 
-ROUNDS = 8
+ROUNDS = 10
 #: Far below the reconciler's stall timer (300 s): the new member waits out the dead one's
 #: 10 s session, then Faust recovers the table; a lost message would wait for the timer.
 SETTLE_SECONDS = 60.0
