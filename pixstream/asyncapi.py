@@ -52,6 +52,7 @@ _PUBLIC: Final = {
     "dlq": ("dlq", "Dead letters: records that could not be processed."),
 }
 _LIFECYCLE: Final = [
+    events.JOB_REQUESTED,  # the planner's announcement of an accepted job
     events.JOB_RETRIED,  # the planner's announcement of a retry's run
     events.TASK_STARTED,
     events.STEP_COMPLETED,
@@ -66,7 +67,7 @@ _CHANNEL_MESSAGES: Final = {
     "dlq": [DEAD_LETTER],
     "op": [events.TASK_REQUESTED],
     # What PixStream consumes, and so may park for a retry.
-    "retry": [events.JOB_REQUESTED, events.TASK_REQUESTED, *_LIFECYCLE],
+    "retry": [events.TASK_REQUESTED, *_LIFECYCLE],
 }
 
 # Header name -> (pattern or None, description). Kafka header values are bytes; PixStream's

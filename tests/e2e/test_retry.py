@@ -302,13 +302,14 @@ async def test_a_batch_jobs_retry_runs_in_the_batch_lane(pipeline: Pipeline, api
     assert resp.status == 202, await resp.text()
     # The first run's task began with the thumbnail; the retry re-runs the failed crop
     # alone, and its task waits on the crop op's batch topic.
+    # (Sets: a rebalance reads again what an agent held, so a task may be sent twice.)
     first = await _tasks_on(pipeline.settings, "op.thumbnail.batch", job_id)
-    assert [t["data"].get("run", 0) for t in first] == [0]
+    assert {t["data"].get("run", 0) for t in first} == {0}
     again = await _tasks_on(pipeline.settings, "op.crop.batch", job_id)
-    assert [t["data"].get("run", 0) for t in again] == [1]
+    assert {t["data"].get("run", 0) for t in again} == {1}
     # The ingress sent the job's request and its retry to the batch lane's jobs topic.
     requests = await _tasks_on(pipeline.settings, "jobs.batch", job_id)
-    assert [r["type"] for r in requests] == [JOB_REQUESTED, JOB_RETRIED]
+    assert list(dict.fromkeys(r["type"] for r in requests)) == [JOB_REQUESTED, JOB_RETRIED]
 
 
 async def _tasks_on(settings: Settings, topic: str, job_id: str) -> list[Any]:

@@ -52,6 +52,7 @@ def test_every_topic_and_message_type_of_the_contract() -> None:
     assert on("jobs") == {events.JOB_REQUESTED, events.JOB_RETRIED}
     assert on("jobsBatch") == {events.JOB_REQUESTED, events.JOB_RETRIED}
     assert on("events") == {
+        events.JOB_REQUESTED,  # the planner's announcement of the accepted job
         events.JOB_RETRIED,
         events.TASK_STARTED,
         events.STEP_COMPLETED,
@@ -126,7 +127,7 @@ def test_official_cli_rejects_a_broken_document(tmp_path: Path) -> None:
     """The CLI check is not vacuous: an operation sending a message its channel lacks fails."""
     doc = asyncapi.document()
     doc["operations"]["sendEvents"]["messages"].append(
-        {"$ref": "#/channels/events/messages/jobRequested"}
+        {"$ref": "#/channels/events/messages/taskRequested"}
     )
     broken = tmp_path / "broken.json"
     broken.write_text(json.dumps(doc))
