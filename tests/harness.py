@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -129,11 +129,15 @@ class IngressProcess(PixstreamProcess):
 
 
 class EventWatcher:
-    """Collects every event of the test's events topic, by job id, in the background."""
+    """Collects the test's events topic by job id in the background, as the contract's
+    consumers do: an event whose id was already seen is a redelivery (at least once, and
+    deterministic ids) and only counted in `redelivered`."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.events: dict[str, list[CloudEvent]] = defaultdict(list)
+        self.redelivered: Counter[str] = Counter()
+        self._seen: set[str] = set()
         self._changed = asyncio.Condition()
 
     @asynccontextmanager
@@ -152,6 +156,10 @@ class EventWatcher:
     async def _pump(self, consumer: Any) -> None:
         async for record in consumer:
             event = CloudEvent.parse(record.value)
+            if event.id in self._seen:
+                self.redelivered[event.type] += 1
+                continue
+            self._seen.add(event.id)
             async with self._changed:
                 self.events[record.key.decode()].append(event)
                 self._changed.notify_all()
