@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import uuid
 from typing import Any
 
@@ -149,9 +150,8 @@ async def test_a_burst_of_concurrent_posts_with_one_key_makes_one_job(
     # As many as there are upload slots: one more would wait for a slot, and on a loaded
     # machine be refused 503 (admission, tested on its own), which is not what this is about.
     burst = topics.max_uploads_in_flight
-    responses = await asyncio.gather(
-        *(client.post("/v1/jobs", data=job_form(image, SPEC), headers=headers) for _ in range(burst))
-    )
+    post = functools.partial(client.post, "/v1/jobs", headers=headers)
+    responses = await asyncio.gather(*(post(data=job_form(image, SPEC)) for _ in range(burst)))
     assert [r.status for r in responses] == [202] * burst
     assert len({(await r.json())["job_id"] for r in responses}) == 1
     conn = await asyncpg.connect(topics.database_url.get_secret_value())
