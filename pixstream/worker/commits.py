@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -191,9 +191,12 @@ class LedgerConsumer(faust_aiokafka.Consumer):
         if self.app.rebalancing:
             return  # the rebalance ends with a seek to the commit anyway
         assignment = self.assignment()
-        for tp, offset in self.ledger.holes(REREAD_AFTER_SECONDS).items():
-            if tp not in assignment:
-                continue
+        holes = {
+            tp: offset
+            for tp, offset in self.ledger.holes(REREAD_AFTER_SECONDS).items()
+            if tp in assignment
+        }
+        for tp, offset in holes.items():
             log.warning(
                 "offset %d of %s[%d] was dropped before a handler finished it; reading the "
                 "partition again from there",
@@ -202,8 +205,8 @@ class LedgerConsumer(faust_aiokafka.Consumer):
                 tp.partition,
             )
             metrics.REREADS.labels(topic=tp.topic).inc()
-            self.ledger.start(tp, offset)  # restarts the hole's clock
-            await self.seek(tp, offset)
+        if holes:
+            await self._read_again_from(holes)  # restarts each hole's clock
 
     async def force_commit(self, topics: Any = None, start_new_transaction: bool = True) -> bool:
         await self._learn_bases()
@@ -213,49 +216,57 @@ class LedgerConsumer(faust_aiokafka.Consumer):
         """Read the group's committed offset of newly held partitions from the broker (the
         log start when nothing was committed yet)."""
         assignment = self.assignment()
-        for tp in self.ledger.needs_base():
+        new = self.ledger.needs_base()
+        for tp in new:
             if tp not in assignment:
                 self.ledger.forget(tp)
-                continue
-            committed = await self._group_position(tp)
-            if committed is not None:
-                self.ledger.start(tp, committed)
+        for tp, position in (await self._group_positions(set(new) & assignment)).items():
+            self.ledger.start(tp, position)
 
     async def read_again_from_commit(self) -> None:
         """Seek every stream partition held to where the group's commit stands (the log
         start when nothing was committed), so what was fetched and then dropped before a
         handler took it is read again (see `recovery`). Faust's own `perform_seek` leaves
-        partitions with no commit, or a commit at 0, where they are.
+        partitions with no commit, or a commit at 0, where they are."""
+        held = {tp for tp in self.assignment() if not self._is_changelog_tp(tp)}
+        await self._read_again_from(await self._group_positions(held))
 
-        The seeks happen with flow stopped: a batch the fetcher returned before them and
-        delivered after would move Faust's read offset past what the seek is for, and Faust
-        drops what it reads below its read offset."""
-        held = [tp for tp in self.assignment() if not self._is_changelog_tp(tp)]
-        positions = {tp: await self._group_position(tp) for tp in held}
+    async def _read_again_from(self, offsets: Mapping[TP, int]) -> None:
+        """Seek each partition to its offset, with flow stopped, and have the ledger count
+        from there. With flow running, a batch the fetcher returned before the seeks and
+        delivered after them would move Faust's read offset past them, and Faust drops
+        what it reads below its read offset."""
         self.stop_flow()
         try:
             # What the delivery loop holds ends within a few turns of the event loop once
             # flow is stopped (its wait on flow returns, its batch breaks off); no I/O.
             await asyncio.sleep(FLOW_SETTLE_SECONDS)
-            for tp, position in positions.items():
-                if position is not None and tp in self.assignment():
-                    self.ledger.start(tp, position)
-                    await self.seek(tp, position)  # also lets Faust deliver from there again
+            assignment = self.assignment()
+            for tp, offset in offsets.items():
+                if tp in assignment:
+                    self.ledger.start(tp, offset)
+                    await self.seek(tp, offset)  # also lets Faust deliver from there again
         finally:
             if not self.app.rebalancing:  # else the next rebalance resumes flow at its end
                 self.resume_flow()
 
-    async def _group_position(self, tp: TP) -> int | None:
-        """The group's committed offset of `tp`, or the log start when there is none."""
-        committed = await self._committed(tp)
-        if committed is None:
-            committed = (await self.earliest_offsets(tp)).get(tp)
-        return committed
-
-    async def _committed(self, tp: TP) -> int | None:
+    async def _group_positions(self, tps: Collection[TP]) -> dict[TP, int]:
+        """The group's committed offset of each of `tps`, or the log start where there is
+        none: one request for the commits, one for the log starts."""
+        if not tps:
+            return {}
         thread = self._thread
-        offset = await thread.call_thread(thread._ensure_consumer().committed, tp)
-        return int(offset) if offset is not None and offset >= 0 else None
+        coordinator = thread._ensure_consumer()._coordinator
+        committed = await thread.call_thread(coordinator.fetch_committed_offsets, list(tps))
+        positions = {
+            tp: int(meta.offset)
+            for tp in tps
+            if (meta := committed.get(tp)) is not None and meta.offset >= 0
+        }
+        if missing := [tp for tp in tps if tp not in positions]:
+            starts = await self.earliest_offsets(*missing)
+            positions.update((tp, int(starts[tp])) for tp in missing if tp in starts)
+        return positions
 
     def _filter_tps_with_pending_acks(self, topics: Any = None) -> Iterator[TP]:
         return _partitions(list(self.ledger.pending()), topics)
