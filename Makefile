@@ -71,8 +71,10 @@ fuzz: $(PIX)  ## fuzz the decoders for FUZZ_SECONDS (crashers go to tests/data/f
 	$(BIN)/python -m bench.fuzz --seconds $(FUZZ_SECONDS) --seed $$(date +%s)
 
 BENCH_ARGS ?= --profile
-bench: up corpus  ## PixStream through HTTP and Kafka against the codec limit, in one run (docs/benchmarks.md)
+SOAK_MINUTES ?= 10
+bench: up corpus  ## PixStream through HTTP and Kafka against the codec limit in one run, then a memory soak (docs/benchmarks.md)
 	$(BIN)/python -m bench.suite bench/corpus $(BENCH_ARGS)
+	$(BIN)/python -m bench.soak bench/corpus --minutes $(SOAK_MINUTES)
 
 MINUTES ?= 5
 RUNS    ?= 5
