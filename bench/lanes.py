@@ -17,24 +17,21 @@ import argparse
 import asyncio
 import contextlib
 import statistics
-import sys
 import time
 import uuid
 from pathlib import Path
 from typing import IO
 
-import asyncpg
 from aiokafka import AIOKafkaProducer
-from pydantic import SecretStr
 
+from bench.isolated import isolated, new_prefix, start, stop
 from pixstream import kafka
-from pixstream.db.migrate import apply_migrations
 from pixstream.events import JOB_COMPLETED, JOB_FAILED, JOB_REQUESTED, CloudEvent
 from pixstream.settings import Settings
 from pixstream.spec import BATCH, INTERACTIVE
 from pixstream.storage import open_storage
-from pixstream.topics import apply_topics, jobs_topic, load_topics
-from tests.harness import delete_topics, job_requested, jpeg_bytes, settings_env
+from pixstream.topics import jobs_topic
+from tests.harness import job_requested, jpeg_bytes
 
 
 class Ends:
@@ -87,57 +84,41 @@ async def probe(
 async def bench(
     photos: list[bytes], batch: int, probes: int, requests: str, prefix: str, log: IO[bytes]
 ) -> None:
-    base = Settings()
-    admin = await asyncpg.connect(base.database_url.get_secret_value())
-    await admin.execute(f"CREATE DATABASE {prefix}")
-    url = base.database_url.get_secret_value().rsplit("/", 1)[0] + "/" + prefix
-    await apply_migrations(url)
-    settings = base.model_copy(
-        update={"topic_prefix": prefix, "app_id": prefix, "database_url": SecretStr(url)}
-    )
-    await apply_topics(settings.kafka_bootstrap, load_topics(settings))
-    worker = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "pixstream", "--log-level", "WARNING", "worker",
-        env=settings_env(settings, PIXSTREAM_REUSE="off"), stdout=log,
-        stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    ends = Ends(settings)
-    watcher = asyncio.create_task(ends.run())
-    # The probe: a mid-size photo of the corpus, each time under a new job id.
-    sample = sorted(photos, key=len)[len(photos) // 2]
-    try:
-        async with kafka.open_producer(settings) as producer:
-            await probe(settings, producer, ends, jpeg_bytes((64, 48)))  # warm-up
-            idle = [(await probe(settings, producer, ends, sample))[1] for _ in range(probes)]
-            queued = await store(settings, [photos[i % len(photos)] for i in range(batch)])
-            for job, key in queued:
-                event = job_requested(job, key, priority="batch").to_bytes()
-                await kafka.send(producer, settings.topic(requests), event, key=job)
-            loaded_at = time.perf_counter()
-            first, with_burst = await probe(settings, producer, ends, sample)
-            ahead = sum(
-                ends.planned.get(job, float("inf")) < ends.planned[first] for job, _ in queued
-            )
-            left = sum(job not in ends.at for job, _ in queued)
-            print(f"  probe sent with the burst {with_burst * 1000:.0f} ms ({ahead} batch jobs "
-                  f"planned before it, {left} still queued when it ended)")  # fmt: skip
-            busy = []
-            for _ in range(probes):
-                await asyncio.sleep(1.0)
-                busy.append((await probe(settings, producer, ends, sample))[1])
+    async with isolated(prefix) as settings:
+        worker = start(settings, "--log-level", "WARNING", "worker", log=log, PIXSTREAM_REUSE="off")
+        ends = Ends(settings)
+        watcher = asyncio.create_task(ends.run())
+        # The probe: a mid-size photo of the corpus, each time under a new job id.
+        sample = sorted(photos, key=len)[len(photos) // 2]
+        try:
+            async with kafka.open_producer(settings) as producer:
+                await probe(settings, producer, ends, jpeg_bytes((64, 48)))  # warm-up
+                idle = [(await probe(settings, producer, ends, sample))[1] for _ in range(probes)]
+                queued = await store(settings, [photos[i % len(photos)] for i in range(batch)])
+                for job, key in queued:
+                    event = job_requested(job, key, priority="batch").to_bytes()
+                    await kafka.send(producer, settings.topic(requests), event, key=job)
+                loaded_at = time.perf_counter()
+                first, with_burst = await probe(settings, producer, ends, sample)
+                ahead = sum(
+                    ends.planned.get(job, float("inf")) < ends.planned[first] for job, _ in queued
+                )
                 left = sum(job not in ends.at for job, _ in queued)
-                print(f"  probe {busy[-1] * 1000:.0f} ms with {left} batch jobs still queued")
-            await asyncio.gather(*(ends.wait(job) for job, _ in queued))
-            drained = time.perf_counter() - loaded_at
-    finally:
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
-        worker.terminate()
-        await worker.wait()
-        await delete_topics(settings)
-        await admin.execute(f"DROP DATABASE IF EXISTS {prefix} WITH (FORCE)")
-        await admin.close()
+                print(f"  probe sent with the burst {with_burst * 1000:.0f} ms ({ahead} batch jobs "
+                      f"planned before it, {left} still queued when it ended)")  # fmt: skip
+                busy = []
+                for _ in range(probes):
+                    await asyncio.sleep(1.0)
+                    busy.append((await probe(settings, producer, ends, sample))[1])
+                    left = sum(job not in ends.at for job, _ in queued)
+                    print(f"  probe {busy[-1] * 1000:.0f} ms with {left} batch jobs still queued")
+                await asyncio.gather(*(ends.wait(job) for job, _ in queued))
+                drained = time.perf_counter() - loaded_at
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            await asyncio.to_thread(stop, worker)
     i, b = statistics.median(idle), statistics.median(busy)
     print(f"idle: {', '.join(f'{x * 1000:.0f}' for x in idle)} ms (median {i * 1000:.0f})")
     print(f"sent with the {batch} batch requests (on {settings.topic(requests)}): "
@@ -165,7 +146,7 @@ def main() -> None:
     photos = [p.read_bytes() for p in sorted(args.corpus.glob(args.glob))]
     if not photos:
         raise SystemExit(f"no photos match {args.corpus / args.glob}")
-    prefix = f"bench{uuid.uuid4().hex[:8]}"
+    prefix = new_prefix()
     with Path(f"/tmp/{prefix}-worker.log").open("wb") as log:
         asyncio.run(bench(photos, args.batch, args.probes, args.requests, prefix, log))
 

@@ -14,9 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -28,17 +25,14 @@ from pathlib import Path
 import asyncpg
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from pydantic import SecretStr
 
+from bench.isolated import isolated, start, stop
 from bench.report import quantile
 from pixstream import kafka
 from pixstream.events import JOB_COMPLETED, JOB_FAILED, CloudEvent
 from pixstream.settings import Settings
 from pixstream.storage import open_storage
-from pixstream.topics import apply_topics, load_topics
-from tests.chaos import migrated_database
-from tests.conftest import drop_database
-from tests.harness import delete_topics, job_requested, settings_env
+from tests.harness import job_requested
 
 #: Faust joins its group and the render pool starts its children in a few seconds; a busy
 #: machine may take much longer.
@@ -102,12 +96,7 @@ class Child:
 
     def __init__(self, settings: Settings, log: Path, *command: str, **env: str) -> None:
         with log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "pixstream", "--log-level", "WARNING", *command],
-                env=settings_env(settings, **env),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
+            self.proc = start(settings, "--log-level", "WARNING", *command, log=out, **env)
         self.log = log
 
     @property
@@ -115,13 +104,7 @@ class Child:
         return self.proc.pid
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(30)
+        stop(self.proc)
 
 
 @dataclass
@@ -193,19 +176,6 @@ async def staged(
 ) -> AsyncIterator[Stage]:
     """Start `worker --processes N` (and an ingress) of their own; afterwards remove
     everything made: processes, topics, database."""
-    prefix = f"bench{uuid.uuid4().hex[:8]}"
-    base = Settings()
-    url = await migrated_database(base)
-    settings = base.model_copy(
-        update={
-            "topic_prefix": prefix,
-            "app_id": prefix,
-            "database_url": SecretStr(url),
-            "worker_metrics_port": 0,
-            "http_port": http_port,
-        }
-    )
-    await apply_topics(settings.kafka_bootstrap, load_topics(settings))
     # No rate limit: the benchmark's clients are one address submitting hundreds of jobs.
     # No render-once reuse: the corpus is cycled, and every job must render as the limit does.
     env = {
@@ -213,27 +183,26 @@ async def staged(
         "PIXSTREAM_RATE_LIMIT_PER_MINUTE": "0",
         "PIXSTREAM_REUSE": "off",
     }
-    finished = Finished(settings)
-    watcher = asyncio.create_task(finished.run())
-    children: list[Child] = []
-    try:
-        worker = Child(
-            settings, logs / "worker.log", "worker", "--processes", str(processes), **env
-        )
-        children.append(worker)
-        front = Child(settings, logs / "ingress.log", "ingress", **env) if ingress else None
-        if front is not None:
-            children.append(front)
-        async with kafka.open_producer(settings) as producer:
-            yield Stage(settings, finished, worker, front, producer)
-    finally:
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
-        for child in reversed(children):
-            await asyncio.to_thread(child.stop)
-        await drop_database(base, url)
-        await delete_topics(settings)
+    async with isolated(worker_metrics_port=0, http_port=http_port) as settings:
+        finished = Finished(settings)
+        watcher = asyncio.create_task(finished.run())
+        children: list[Child] = []
+        try:
+            worker = Child(
+                settings, logs / "worker.log", "worker", "--processes", str(processes), **env
+            )
+            children.append(worker)
+            front = Child(settings, logs / "ingress.log", "ingress", **env) if ingress else None
+            if front is not None:
+                children.append(front)
+            async with kafka.open_producer(settings) as producer:
+                yield Stage(settings, finished, worker, front, producer)
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            for child in reversed(children):
+                await asyncio.to_thread(child.stop)
 
 
 async def group_stable(stage: Stage, members: int, within: float) -> None:

@@ -17,25 +17,21 @@ import contextlib
 import json
 import re
 import statistics
-import sys
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-import asyncpg
 from aiokafka import AIOKafkaProducer
-from pydantic import SecretStr
 
+from bench.isolated import isolated, new_prefix, start, stop
 from pixstream import kafka
-from pixstream.db.migrate import apply_migrations
 from pixstream.events import JOB_COMPLETED, JOB_FAILED, CloudEvent
 from pixstream.ownership import with_tenant
 from pixstream.settings import Settings
 from pixstream.storage import open_storage
-from pixstream.topics import apply_topics, load_topics
-from tests.harness import delete_topics, job_requested, jpeg_bytes, settings_env
+from tests.harness import job_requested, jpeg_bytes
 
 TENANT = "bench"
 
@@ -98,42 +94,27 @@ class Pair:
 
 
 async def bench(photos: list[tuple[str, bytes]], prefix: str, log: IO[bytes]) -> list[Pair]:
-    base = Settings()
-    admin = await asyncpg.connect(base.database_url.get_secret_value())
-    await admin.execute(f"CREATE DATABASE {prefix}")
-    url = base.database_url.get_secret_value().rsplit("/", 1)[0] + "/" + prefix
-    await apply_migrations(url)
-    settings = base.model_copy(
-        update={"topic_prefix": prefix, "app_id": prefix, "database_url": SecretStr(url)}
-    )
-    await apply_topics(settings.kafka_bootstrap, load_topics(settings))
-    # INFO and JSON: the op agent's "task done in N ms" line is the op stage's own time.
-    worker = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "pixstream", "--log-level", "INFO", "--json-logs", "worker",
-        env=settings_env(settings), stdout=log, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    ends = Ends(settings)
-    watcher = asyncio.create_task(ends.run())
-    pairs: list[Pair] = []
-    try:
-        async with kafka.open_producer(settings) as producer:
-            # Warm-up (the worker joins its group, the render pool starts): not measured.
-            await one_job(settings, producer, ends, jpeg_bytes((64, 48)))
-            for name, data in photos:
-                first, first_s = await one_job(settings, producer, ends, data)
-                second, second_s = await one_job(settings, producer, ends, data)
-                pairs.append(
-                    Pair(name, len(data), first, first_s, second, second_s, ends.reused[second])
-                )
-    finally:
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError, SystemExit):
-            await watcher
-        worker.terminate()
-        await worker.wait()
-        await delete_topics(settings)
-        await admin.execute(f"DROP DATABASE IF EXISTS {prefix} WITH (FORCE)")
-        await admin.close()
+    async with isolated(prefix) as settings:
+        # INFO and JSON: the op agent's "task done in N ms" line is the op stage's own time.
+        worker = start(settings, "--log-level", "INFO", "--json-logs", "worker", log=log)
+        ends = Ends(settings)
+        watcher = asyncio.create_task(ends.run())
+        pairs: list[Pair] = []
+        try:
+            async with kafka.open_producer(settings) as producer:
+                # Warm-up (the worker joins its group, the render pool starts): not measured.
+                await one_job(settings, producer, ends, jpeg_bytes((64, 48)))
+                for name, data in photos:
+                    first, first_s = await one_job(settings, producer, ends, data)
+                    second, second_s = await one_job(settings, producer, ends, data)
+                    pairs.append(
+                        Pair(name, len(data), first, first_s, second, second_s, ends.reused[second])
+                    )
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError, SystemExit):
+                await watcher
+            await asyncio.to_thread(stop, worker)
     return pairs
 
 
@@ -185,7 +166,7 @@ def main() -> None:
     paths = sorted(args.corpus.glob(args.glob))[: args.photos]
     if not paths:
         raise SystemExit(f"no photos match {args.corpus / args.glob}")
-    prefix = f"bench{uuid.uuid4().hex[:8]}"
+    prefix = new_prefix()
     log_path = Path(f"/tmp/{prefix}-worker.log")
     with log_path.open("wb") as log:
         pairs = asyncio.run(bench([(p.name, p.read_bytes()) for p in paths], prefix, log))

@@ -14,30 +14,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
-import os
-import platform
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-import asyncpg
 from PIL import Image
-from pydantic import SecretStr
 
-from bench.subscribers import _cpu, _free_port, _wait_http
-from pixstream.db.migrate import apply_migrations
+from bench.isolated import free_port, isolated, machine_line, start, stop, wait_http
 from pixstream.plan import Plan
-from pixstream.settings import Settings
 from pixstream.spec import JobSpec
-from pixstream.topics import apply_topics, load_topics
-from tests.harness import delete_topics, settings_env
+from tests.harness import settings_env
 
 SPEC = Path(__file__).resolve().parent.parent / "examples" / "spec.json"
 
@@ -70,15 +61,6 @@ class Result:
     stderr: str
 
 
-def _start(command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "pixstream", *command],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
 def _decodable(path: Path) -> bool:
     try:
         with Image.open(path) as image:
@@ -89,66 +71,47 @@ def _decodable(path: Path) -> bool:
 
 
 async def run(corpus: Path, photos: int, concurrency: int) -> Result:
-    base = Settings()
-    prefix = f"bench{uuid.uuid4().hex[:8]}"
-    admin_dsn = base.database_url.get_secret_value()
-    dsn = admin_dsn.rsplit("/", 1)[0] + "/" + prefix
-    admin = await asyncpg.connect(admin_dsn)
-    await admin.execute(f"CREATE DATABASE {prefix}")
-    await admin.close()
-    settings = base.model_copy(
-        update={
-            "database_url": SecretStr(dsn),
-            "topic_prefix": prefix,
-            "app_id": prefix,
-            "http_port": _free_port(),
-        }
-    )
-    await apply_migrations(dsn)
-    await apply_topics(settings.kafka_bootstrap, load_topics(settings))
-    env = settings_env(settings, PIXSTREAM_HTTP_HOST="127.0.0.1", PIXSTREAM_REUSE="off")
-    work = Path(tempfile.mkdtemp(prefix="pixstream-bench-submit-"))
-    folder, out = work / "photos", work / "out"
-    folder.mkdir()
-    _fill(corpus, folder, photos)
-    procs = [_start(["ingress"], env), _start(["worker", "--processes", "2"], env)]
-    url = f"http://127.0.0.1:{settings.http_port}"
-    try:
-        await _wait_http(url, procs[0])
-        await asyncio.sleep(15)  # the workers join their group (not part of the figure)
-        argv = [
-            sys.executable, "-m", "pixstream", "submit", str(folder), "--steps", str(SPEC),
-            "--concurrency", str(concurrency), "--out", str(out), "--json", "--url", url,
-        ]  # fmt: skip
-        started = time.perf_counter()
-        done = await asyncio.to_thread(
-            subprocess.run, argv, env=env, capture_output=True, text=True, timeout=900
-        )
-        wall = time.perf_counter() - started
-        outcomes = json.loads(done.stdout) if done.stdout.strip() else []
-        saved = [p for p in out.rglob("*") if p.is_file()]
-        return Result(
-            photos=photos,
-            concurrency=concurrency,
-            exit=done.returncode,
-            wall_s=wall,
-            completed=sum(o["status"] == "completed" for o in outcomes),
-            saved=len(saved),
-            decodable=sum(_decodable(p) for p in saved),
-            folders=len({p.parent.name for p in saved}),
-            stderr=done.stderr[-2000:],
-        )
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(30)
-        shutil.rmtree(work, ignore_errors=True)
-        await delete_topics(settings)
-        admin = await asyncpg.connect(admin_dsn)
-        await admin.execute(f"DROP DATABASE IF EXISTS {prefix} WITH (FORCE)")
-        await admin.close()
+    # Render once off: every copy of a corpus photo is rendered.
+    async with isolated(http_host="127.0.0.1", http_port=free_port(), reuse="off") as settings:
+        work = Path(tempfile.mkdtemp(prefix="pixstream-bench-submit-"))
+        folder, out = work / "photos", work / "out"
+        folder.mkdir()
+        _fill(corpus, folder, photos)
+        procs = [start(settings, "ingress"), start(settings, "worker", "--processes", "2")]
+        url = f"http://127.0.0.1:{settings.http_port}"
+        try:
+            await wait_http(url, procs[0])
+            await asyncio.sleep(15)  # the workers join their group (not part of the figure)
+            argv = [
+                sys.executable, "-m", "pixstream", "submit", str(folder), "--steps", str(SPEC),
+                "--concurrency", str(concurrency), "--out", str(out), "--json", "--url", url,
+            ]  # fmt: skip
+            started = time.perf_counter()
+            done = await asyncio.to_thread(
+                subprocess.run,
+                argv,
+                env=settings_env(settings),
+                capture_output=True,
+                text=True,
+                timeout=900,
+            )
+            wall = time.perf_counter() - started
+            outcomes = json.loads(done.stdout) if done.stdout.strip() else []
+            saved = [p for p in out.rglob("*") if p.is_file()]
+            return Result(
+                photos=photos,
+                concurrency=concurrency,
+                exit=done.returncode,
+                wall_s=wall,
+                completed=sum(o["status"] == "completed" for o in outcomes),
+                saved=len(saved),
+                decodable=sum(_decodable(p) for p in saved),
+                folders=len({p.parent.name for p in saved}),
+                stderr=done.stderr[-2000:],
+            )
+        finally:
+            await asyncio.to_thread(stop, *procs)
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def main() -> None:
@@ -158,7 +121,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     args = parser.parse_args()
     r = asyncio.run(run(args.corpus, args.photos, args.concurrency))
-    print(f"machine: {os.cpu_count()} cores ({_cpu()}), Python {platform.python_version()}")
+    print(machine_line())
     print("| photos | --concurrency | wall time | jobs/s | completed | outputs saved"
           " (decodable) | folders | exit |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|")

@@ -14,11 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import os
-import platform
-import socket
-import subprocess
 import sys
 import time
 import uuid
@@ -27,39 +22,14 @@ from typing import Any
 import aiohttp
 import asyncpg
 import psutil
-from pydantic import SecretStr
 
+from bench.isolated import free_port, isolated, machine_line, start, stop, wait_http
 from pixstream import sse
-from pixstream.db.migrate import apply_migrations
 from pixstream.settings import Settings
 from pixstream.worker.recorder import record
-from tests.harness import settings_env
 from tests.integration.test_progress import lifecycle
 
 MB = 1024 * 1024
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _start_ingress(settings: Settings) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "pixstream", "ingress"],
-        env=settings_env(settings, PIXSTREAM_HTTP_HOST="127.0.0.1"),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
-def _cpu() -> str:
-    with contextlib.suppress(OSError):
-        for line in open("/proc/cpuinfo").read().splitlines():  # noqa: SIM115
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 async def _backends(admin_dsn: str, database: str) -> tuple[int, int]:
@@ -75,20 +45,6 @@ async def _backends(admin_dsn: str, database: str) -> tuple[int, int]:
     return int(row["total"]), int(row["listening"])
 
 
-async def _wait_http(url: str, proc: subprocess.Popen[bytes], within: float = 60.0) -> None:
-    deadline = time.monotonic() + within
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise SystemExit(f"the ingress exited with {proc.returncode}")
-            with contextlib.suppress(aiohttp.ClientError):
-                async with session.get(f"{url}/v1/operations") as resp:
-                    if resp.status == 200:
-                        return
-            await asyncio.sleep(0.3)
-    raise SystemExit("the ingress did not answer")
-
-
 async def _follow(resp: aiohttp.ClientResponse, first: asyncio.Event) -> list[str]:
     parser, ids = sse.Parser(), []
     async for raw in resp.content:
@@ -100,77 +56,64 @@ async def _follow(resp: aiohttp.ClientResponse, first: asyncio.Event) -> list[st
 
 
 async def run(subscribers: int, hold: float) -> dict[str, Any]:
-    base = Settings()
-    admin_dsn = base.database_url.get_secret_value()
-    database = f"pixstream_bench_{uuid.uuid4().hex[:8]}"
-    dsn = admin_dsn.rsplit("/", 1)[0] + "/" + database
-    conn = await asyncpg.connect(admin_dsn)
-    await conn.execute(f"CREATE DATABASE {database}")
-    await conn.close()
-    prefix = f"bench{uuid.uuid4().hex[:8]}"
-    settings = base.model_copy(
-        update={
-            "database_url": SecretStr(dsn),
-            "topic_prefix": prefix,
-            "app_id": prefix,
-            "http_port": _free_port(),
-            "max_event_subscribers": max(subscribers, base.max_event_subscribers),
-        }
-    )
-    proc = _start_ingress(settings)
-    url = f"http://127.0.0.1:{settings.http_port}"
-    try:
-        await apply_migrations(dsn)
-        await _wait_http(url, proc)
-        job_id = f"bench-{uuid.uuid4().hex[:8]}"
-        first, *rest = lifecycle(job_id)
-        db = await asyncpg.connect(dsn)
-        await record(db, job_id, first)
-        ingress = psutil.Process(proc.pid)
-        await asyncio.sleep(1.0)
-        idle = ingress.memory_info().rss
-        idle_backends = await _backends(admin_dsn, database)
+    admin_dsn = Settings().database_url.get_secret_value()
+    max_subscribers = max(subscribers, Settings().max_event_subscribers)
+    # No topics applied: the job's events go to the database, which the streams follow.
+    async with isolated(
+        topics=False,
+        http_host="127.0.0.1",
+        http_port=free_port(),
+        max_event_subscribers=max_subscribers,
+    ) as settings:
+        dsn, database = settings.database_url.get_secret_value(), settings.topic_prefix
+        proc = start(settings, "ingress")
+        url = f"http://127.0.0.1:{settings.http_port}"
+        try:
+            await wait_http(url, proc)
+            job_id = f"bench-{uuid.uuid4().hex[:8]}"
+            first, *rest = lifecycle(job_id)
+            db = await asyncpg.connect(dsn)
+            await record(db, job_id, first)
+            ingress = psutil.Process(proc.pid)
+            await asyncio.sleep(1.0)
+            idle = ingress.memory_info().rss
+            idle_backends = await _backends(admin_dsn, database)
 
-        connector = aiohttp.TCPConnector(limit=0)
-        async with aiohttp.ClientSession(connector=connector) as session:
-            firsts = [asyncio.Event() for _ in range(subscribers)]
-            streams = [
-                await session.get(f"{url}/v1/jobs/{job_id}/events").__aenter__()
-                for _ in range(subscribers)
-            ]
-            tasks = [
-                asyncio.create_task(_follow(r, e)) for r, e in zip(streams, firsts, strict=True)
-            ]
-            await asyncio.wait_for(asyncio.gather(*(e.wait() for e in firsts)), 60)
-            peak = 0
-            deadline = time.monotonic() + hold
-            while time.monotonic() < deadline:
-                peak = max(peak, ingress.memory_info().rss)
-                await asyncio.sleep(0.25)
-            open_backends = await _backends(admin_dsn, database)
-            for event in rest:
-                await record(db, job_id, event)
-            received = await asyncio.wait_for(asyncio.gather(*tasks), 60)
-            for resp in streams:
-                resp.release()
-        await db.close()
-        complete = sum(ids == [first.id] + [e.id for e in rest] for ids in received)
-        return {
-            "subscribers": subscribers,
-            "rss_idle_mb": idle / MB,
-            "rss_open_mb": peak / MB,
-            "per_stream_kb": (peak - idle) / subscribers / 1024,
-            "backends_idle": idle_backends,
-            "backends_open": open_backends,
-            "complete": complete,
-        }
-    finally:
-        proc.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(30)
-        conn = await asyncpg.connect(admin_dsn)
-        await conn.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
-        await conn.close()
+            connector = aiohttp.TCPConnector(limit=0)
+            async with aiohttp.ClientSession(connector=connector) as session:
+                firsts = [asyncio.Event() for _ in range(subscribers)]
+                streams = [
+                    await session.get(f"{url}/v1/jobs/{job_id}/events").__aenter__()
+                    for _ in range(subscribers)
+                ]
+                tasks = [
+                    asyncio.create_task(_follow(r, e)) for r, e in zip(streams, firsts, strict=True)
+                ]
+                await asyncio.wait_for(asyncio.gather(*(e.wait() for e in firsts)), 60)
+                peak = 0
+                deadline = time.monotonic() + hold
+                while time.monotonic() < deadline:
+                    peak = max(peak, ingress.memory_info().rss)
+                    await asyncio.sleep(0.25)
+                open_backends = await _backends(admin_dsn, database)
+                for event in rest:
+                    await record(db, job_id, event)
+                received = await asyncio.wait_for(asyncio.gather(*tasks), 60)
+                for resp in streams:
+                    resp.release()
+            await db.close()
+        finally:
+            await asyncio.to_thread(stop, proc)
+    complete = sum(ids == [first.id] + [e.id for e in rest] for ids in received)
+    return {
+        "subscribers": subscribers,
+        "rss_idle_mb": idle / MB,
+        "rss_open_mb": peak / MB,
+        "per_stream_kb": (peak - idle) / subscribers / 1024,
+        "backends_idle": idle_backends,
+        "backends_open": open_backends,
+        "complete": complete,
+    }
 
 
 def main() -> None:
@@ -179,7 +122,7 @@ def main() -> None:
     parser.add_argument("--hold", type=float, default=10.0)
     args = parser.parse_args()
     r = asyncio.run(run(args.subscribers, args.hold))
-    print(f"machine: {os.cpu_count()} cores ({_cpu()}), Python {platform.python_version()}")
+    print(machine_line())
     print("| streams | ingress RSS idle | RSS with streams open (peak) | per stream |"
           " PostgreSQL backends idle / open (LISTEN) | streams that got every event |")  # fmt: skip
     print("|---|---|---|---|---|---|")

@@ -34,6 +34,7 @@ import aiohttp
 
 from bench import limit, pyspy
 from bench.ingress import post_job
+from bench.isolated import wait_http
 from bench.pipeline import (
     Burst,
     Paced,
@@ -127,20 +128,6 @@ async def http_paced(
     return Paced(rate, result.latencies, len(stage.finished.failed & set(jobs)))
 
 
-async def ingress_ready(stage: Stage, session: aiohttp.ClientSession, within: float = 60) -> None:
-    deadline = time.monotonic() + within
-    while True:
-        try:
-            async with session.get(f"{stage.url}/v1/operations") as resp:
-                if resp.status == 200:
-                    return
-        except aiohttp.ClientConnectionError:
-            pass
-        if time.monotonic() > deadline:
-            raise SystemExit(f"the ingress did not answer in {within:.0f} s")
-        await asyncio.sleep(0.5)
-
-
 async def run(args: argparse.Namespace, sampler: Sampler, logs: Path) -> Results:
     photos = photos_of(args.corpus)
     with limit.Loop(photos, args.processes) as loop:
@@ -154,7 +141,7 @@ async def run(args: argparse.Namespace, sampler: Sampler, logs: Path) -> Results
             sampler.root(stage.ingress.pid, "ingress")
             print("warming up: the workers' group, a job per render slot, the ingress", flush=True)
             await wait_ready(stage, photos, args.processes * 4, args.processes)
-            await ingress_ready(stage, session)
+            await wait_http(stage.url, stage.ingress.proc)
             await http_burst(stage, session, photos, args.clients, args.clients)
             for number in range(1, args.rounds + 1):
                 print(f"round {number}", flush=True)
