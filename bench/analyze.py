@@ -27,6 +27,7 @@ import thumbhash
 from blurhash_rs import blurhash_encode
 from PIL import Image
 
+from bench.ops import Limits
 from pixstream.ops import codec
 from pixstream.ops.analysis import ANALYZE, PLACEHOLDER_SIDE, AnalyzeParams, dominant_colors
 from pixstream.ops.operation import Subject, scaled
@@ -34,7 +35,7 @@ from pixstream.plan import Plan
 from pixstream.render import render
 from pixstream.spec import JobSpec, StepSpec
 
-LIMITS = {"max_pixels": 100_000_000, "max_frames": 100}
+LIMITS: Limits = {"max_pixels": 100_000_000, "max_frames": 100}
 
 
 def plan_of(*steps: tuple[str, str, dict[str, Any]]) -> Plan:

@@ -13,6 +13,7 @@ import resource
 import time
 from pathlib import Path
 
+from bench.ops import Limits
 from pixstream import errors, spec
 from pixstream.plan import Plan
 from pixstream.render import render
@@ -66,7 +67,7 @@ def _render(data: bytes, steps: list[StepSpec], max_pixels: int, max_frames: int
 
 async def main() -> None:
     settings = Settings()
-    limits = {"max_pixels": settings.max_pixels, "max_frames": settings.max_frames}
+    limits: Limits = {"max_pixels": settings.max_pixels, "max_frames": settings.max_frames}
     print(f"limits: {limits}, render memory limit {settings.render_memory_limit_bytes} bytes\n")
     print("| case | bytes | code (thread) | ms | code (pool) | ms |")
     print("|---|---:|---|---:|---|---:|")

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
@@ -25,7 +25,15 @@ from pixstream.plan import Plan
 from pixstream.render import render
 from pixstream.spec import JobSpec, StepSpec
 
-LIMITS = {"max_pixels": 100_000_000, "max_frames": 100}
+
+class Limits(TypedDict):
+    """The budgets render() and decode() take, as keyword arguments."""
+
+    max_pixels: int
+    max_frames: int
+
+
+LIMITS: Limits = {"max_pixels": 100_000_000, "max_frames": 100}
 JPEG = {"format": "JPEG", "quality": 85, "optimize": True, "progressive": True}
 WEBP = {"format": "WEBP", "quality": 80, "method": 4}
 

@@ -16,12 +16,13 @@ import sys
 import time
 from pathlib import Path
 
+from bench.ops import Limits
 from pixstream.plan import Plan
 from pixstream.render import render
 from pixstream.spec import JobSpec, StepSpec
 from pixstream.worker.renderpool import RenderPool
 
-LIMITS = {"max_pixels": 50_000_000, "max_frames": 100}
+LIMITS: Limits = {"max_pixels": 50_000_000, "max_frames": 100}
 STEPS = [
     StepSpec(id="web", op="resize", params={"width": 1024}),
     StepSpec(id="webp", op="convert", params={"format": "webp", "quality": 80}, input="web"),
