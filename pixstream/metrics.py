@@ -121,6 +121,12 @@ REREADS: Final = Counter(
     "topic (a rebalance cleared the buffers, a relay deferred it, a handler gave it back).",
     ["topic"],
 )
+REREADS_SKIPPED: Final = Counter(
+    "pixstream_rereads_skipped_total",
+    "Messages read again after a seek back that this process had handled already, by topic:"
+    " not handled twice.",
+    ["topic"],
+)
 
 OUTBOX_PENDING: Final = Gauge(
     "pixstream_outbox_pending",

@@ -111,23 +111,7 @@ def build_app(settings: Settings, ops: Sequence[str] | None = None) -> faust.App
             await res.ready()
             consumer = cast(LedgerConsumer, app.consumer)
             async for event in stream.events():
-                message = event.message
-                consumer.taken(message)
-                try:
-                    later = await handle(_record(event))
-                except (Deferred, GiveWay):
-                    consumer.given_back(message)  # read again after the rebalance
-                    continue
-                except Exception:
-                    if res.stopping:
-                        raise
-                    # Not dealt with (the DLQ refused it): its commit is held, and the
-                    # consumer reads the partition again from it (commits.REREAD_AFTER_SECONDS).
-                    log.exception("%s could not deal with a record; it will be read again", name)
-                    consumer.given_back(message)
-                    continue
-                # Only now may the commit pass this offset (see `commits`).
-                _handled(consumer, message, name, later)
+                await _consume_one(consumer, res, name, handle, event)
 
         app.agent(source, name=name, concurrency=concurrency)(consume)
 
@@ -201,6 +185,35 @@ def build_app(settings: Settings, ops: Sequence[str] | None = None) -> faust.App
     app.add_dependency(Reconciler(res, loop=res.loop))
     app.add_dependency(Pruner(res, loop=res.loop))
     return app
+
+
+async def _consume_one(
+    consumer: LedgerConsumer,
+    res: Resources,
+    name: str,
+    handle: Callable[[Record], Awaitable[asyncio.Future[None] | None]],
+    event: Any,
+) -> None:
+    """One record through its agent's handler, and what the commit ledger learns of it."""
+    message = event.message
+    if consumer.already_handled(message):
+        return  # read again after a seek back; its effects are durable
+    consumer.taken(message)
+    try:
+        later = await handle(_record(event))
+    except (Deferred, GiveWay):
+        consumer.given_back(message)  # read again after the rebalance
+        return
+    except Exception:
+        if res.stopping:
+            raise
+        # Not dealt with (the DLQ refused it): its commit is held, and the consumer reads
+        # the partition again from it (commits.REREAD_AFTER_SECONDS).
+        log.exception("%s could not deal with a record; it will be read again", name)
+        consumer.given_back(message)
+        return
+    # Only now may the commit pass this offset (see `commits`).
+    _handled(consumer, message, name, later)
 
 
 def _handled(

@@ -58,6 +58,7 @@ class _Partition:
     busy: set[int] = field(default_factory=set)  # with a handler now
     seen: int = -1  # the highest offset a handler was given
     since: float = field(default_factory=time.monotonic)  # when `base` last moved
+    held: bool = True  # False from a revoke until a handler is given a message again
 
 
 class CommitLedger:
@@ -73,6 +74,7 @@ class CommitLedger:
     def taken(self, tp: TP, offset: int) -> None:
         """A handler was given the message at `offset`."""
         part = self._part(tp)
+        part.held = True
         part.busy.add(offset)
         part.seen = max(part.seen, offset)
 
@@ -88,9 +90,20 @@ class CommitLedger:
         """A handler gave the message at `offset` back unfinished (it must be read again)."""
         self._part(tp).busy.discard(offset)
 
+    def already_handled(self, tp: TP, offset: int) -> bool:
+        """Whether a handler here finished the message at `offset` and the group's commit
+        may not have passed it yet: a copy read again after a seek back (a rebalance's end,
+        a hole's re-read), whose effects are durable already."""
+        part = self._parts.get(tp)
+        return part is not None and offset in part.done
+
     def needs_base(self) -> list[TP]:
         """Partitions given to handlers whose committed offset is not known yet."""
-        return [tp for tp, part in self._parts.items() if part.base is None and part.seen >= 0]
+        return [
+            tp
+            for tp, part in self._parts.items()
+            if part.base is None and part.seen >= 0 and part.held
+        ]
 
     def start(self, tp: TP, committed: int) -> None:
         """The group's commit for `tp` stands at `committed` (the next offset to handle)."""
@@ -99,8 +112,18 @@ class CommitLedger:
         part.done = {o for o in part.done if o >= committed}
         part.since = time.monotonic()
 
+    def revoked(self, tp: TP) -> None:
+        """`tp` was revoked: whoever gets it next starts from the group's commit, which is
+        learnt again. What was handled here is kept: should `tp` come back, those messages
+        are read again from the commit and need not be handled twice."""
+        part = self._parts.get(tp)
+        if part is not None:
+            part.base = None
+            part.busy.clear()
+            part.held = False
+
     def forget(self, tp: TP) -> None:
-        """`tp` was revoked: whoever gets it next starts from the group's commit."""
+        """`tp` is not ours (a late answer of a handler after its revoke): drop it."""
         self._parts.pop(tp, None)
 
     def pending(self) -> Iterator[TP]:
@@ -173,6 +196,12 @@ class LedgerConsumer(faust_aiokafka.Consumer):
             self._unacked_messages.discard(message)
             notify(self._waiting_for_ack)
             return True
+
+    def already_handled(self, message: Any) -> bool:
+        if self.ledger.already_handled(message.tp, message.offset):
+            metrics.REREADS_SKIPPED.labels(topic=message.tp.topic).inc()
+            return True
+        return False
 
     def taken(self, message: Any) -> None:
         self.ledger.taken(message.tp, message.offset)
@@ -293,7 +322,7 @@ class LedgerConsumer(faust_aiokafka.Consumer):
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         await super().on_partitions_revoked(revoked)
         for tp in revoked:
-            self.ledger.forget(tp)
+            self.ledger.revoked(tp)
 
     def report(self) -> None:
         """Export how long each partition's commit has been held (a metric and a log line)."""

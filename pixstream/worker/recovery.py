@@ -14,9 +14,10 @@ cannot even tell a message is missing. Seen as a job never planned after a worke
 right after a SIGKILL (tests/e2e/test_restarts.py); this is the race of faust-streaming#596,
 whose upstream reading is about the acked-offset gap it leaves.
 
-Seeking once more, after the clear, reads from the commit whatever was thrown away. What an
-agent had already taken is read twice, which every handler tolerates (deterministic event
-ids, idempotent writes); it costs a few duplicates per rebalance.
+Seeking once more, after the clear, reads from the commit whatever was thrown away. What a
+handler here finished since the commit is skipped (`CommitLedger.already_handled`); what an
+agent is still handling is read twice, which every handler tolerates (deterministic event
+ids, idempotent writes).
 """
 
 from __future__ import annotations
