@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestClient
 from pixstream.settings import Settings
 from pixstream.topics import apply_topics, load_topics
 from tests.conftest import ClientFactory, create_database, drop_database, isolated
+from tests.e2e.receiver import Receiver
 from tests.harness import EventWatcher, WorkerProcess, delete_topics, submit
 
 STARTUP_SECONDS = 90.0
@@ -82,3 +83,10 @@ async def api(pipeline: Pipeline, make_client: ClientFactory) -> TestClient[Any,
     """The real ingress in front of the module's pipeline (its own, where a module defines
     `pipeline`), on a loopback TestServer."""
     return await make_client(pipeline.settings)
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    r = await Receiver().start()
+    yield r
+    await r.stop()

@@ -19,7 +19,7 @@ from pixstream.events import JOB_COMPLETED
 from pixstream.settings import Settings
 from pixstream.storage import s3_client
 from tests.e2e.conftest import Pipeline, running_pipeline
-from tests.e2e.test_webhooks import WEBHOOK_SETTINGS, Receiver
+from tests.e2e.receiver import WEBHOOK_SETTINGS, Receiver
 from tests.harness import TERMINAL, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kafka, pytest.mark.s3, pytest.mark.postgres]

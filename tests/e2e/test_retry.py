@@ -30,7 +30,7 @@ from pixstream.spec import StepSpec
 from pixstream.storage import s3_client
 from tests.conftest import ClientFactory
 from tests.e2e.conftest import Pipeline, running_pipeline
-from tests.e2e.test_webhooks import WEBHOOK_SETTINGS, Hit, Receiver
+from tests.e2e.receiver import WEBHOOK_SETTINGS, Hit, Receiver
 from tests.harness import TERMINAL, jpeg_bytes, submit, wait_until
 
 try:  # the official verifier: the receivers' side of the contract
@@ -74,13 +74,6 @@ async def pipeline(
         **WEBHOOK_SETTINGS,
     ) as running:
         yield running
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    r = await Receiver().start()
-    yield r
-    await r.stop()
 
 
 async def post_job(api: Client, spec: dict[str, Any]) -> str:

@@ -4,16 +4,14 @@
 from __future__ import annotations
 
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import asyncpg
 import pytest
-from aiohttp import web
 from yarl import URL
 
 from pixstream import signing
@@ -29,6 +27,7 @@ from pixstream.events import (
 )
 from pixstream.settings import Settings
 from tests.e2e.conftest import Pipeline, running_pipeline
+from tests.e2e.receiver import WEBHOOK_SETTINGS, Hit, Receiver
 from tests.harness import TERMINAL, jpeg_bytes, submit, wait_until
 
 try:  # the official verifier: the receivers' side of the contract
@@ -38,68 +37,7 @@ except ImportError as exc:  # a dev dependency; its absence must fail the run, n
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kafka, pytest.mark.s3, pytest.mark.postgres]
 
-WEBHOOK_SETTINGS: dict[str, Any] = {
-    "webhook_allow_private": True,  # the receivers are on loopback
-    "webhook_retry_schedule": [0.3, 0.3, 0.3, 0.3],
-    "webhook_breaker_fail_max": 3,
-    "webhook_breaker_reset_seconds": 2.0,
-    "webhook_poll_seconds": 0.2,
-    "webhook_timeout_seconds": 2.0,
-}
 WITHIN = 60.0  # generous: a wait, not a speed requirement
-
-
-@dataclass(frozen=True)
-class Hit:
-    at: float
-    headers: dict[str, str]
-    body: bytes
-    status: int
-
-    @property
-    def webhook_id(self) -> str:
-        return self.headers["webhook-id"]
-
-
-class Receiver:
-    """A webhook receiver on 127.0.0.1 that records every request and answers the queued
-    statuses (then 200); it can go down and come back on the same port."""
-
-    def __init__(self, statuses: Iterable[int] = ()) -> None:
-        self.statuses = deque(statuses)
-        self.hits: list[Hit] = []
-        self.port = 0
-        self._runner: web.AppRunner | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hook"
-
-    async def _handle(self, request: web.Request) -> web.Response:
-        status = self.statuses.popleft() if self.statuses else 200
-        body = await request.read()
-        self.hits.append(Hit(time.time(), dict(request.headers), body, status))
-        return web.Response(status=status)
-
-    async def start(self) -> Receiver:
-        app = web.Application()
-        app.router.add_post("/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, shutdown_timeout=0.1)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-        self.port = self._runner.addresses[0][1]
-        return self
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    def delivered(self) -> list[Hit]:
-        return [h for h in self.hits if 200 <= h.status < 300]
-
-    def for_job(self, job_id: str) -> list[Hit]:
-        return [h for h in self.hits if h.webhook_id.startswith(f"{job_id}.")]
 
 
 @pytest.fixture(scope="module")
@@ -110,13 +48,6 @@ async def hooks(
         services, template_database, tmp_path_factory.mktemp("hooks"), **WEBHOOK_SETTINGS
     ) as running:
         yield running
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    r = await Receiver().start()
-    yield r
-    await r.stop()
 
 
 async def down_receiver() -> Receiver:
