@@ -281,6 +281,17 @@ async def test_a_retry_reruns_only_the_failed_branch_and_each_run_ends_once(
     assert after[f"processed/{job_id}/thumb.jpg"] == kept[f"processed/{job_id}/thumb.jpg"]
     assert set(after) == {f"processed/{job_id}/thumb.jpg", f"processed/{job_id}/bigwebp.webp"}
 
+    # What a retry rendered is kept for render once like any render: an identical job
+    # (same tenant, source bytes and steps) copies run 2's bigwebp instead of rendering it.
+    twin_id = await post_job(api, SPEC)
+    twin = await finished(api, twin_id)
+    assert twin["status"] == "completed", twin
+    assert twin["outputs"]["bigwebp"]["reused_from"] == job_id
+    assert (twin["outputs"]["bigwebp"]["width"], twin["outputs"]["bigwebp"]["height"]) == (
+        3000,
+        2400,
+    )
+
     # Completed now: nothing to retry.
     await problem(await retry(api, job_id), 409, "job_not_retryable")
     await asyncio.sleep(1.0)
