@@ -58,7 +58,6 @@ class _Partition:
     busy: set[int] = field(default_factory=set)  # with a handler now
     seen: int = -1  # the highest offset a handler was given
     since: float = field(default_factory=time.monotonic)  # when `base` last moved
-    held: bool = True  # False from a revoke until a handler is given a message again
 
 
 class CommitLedger:
@@ -74,7 +73,6 @@ class CommitLedger:
     def taken(self, tp: TP, offset: int) -> None:
         """A handler was given the message at `offset`."""
         part = self._part(tp)
-        part.held = True
         part.busy.add(offset)
         part.seen = max(part.seen, offset)
 
@@ -91,19 +89,19 @@ class CommitLedger:
         self._part(tp).busy.discard(offset)
 
     def already_handled(self, tp: TP, offset: int) -> bool:
-        """Whether a handler here finished the message at `offset` and the group's commit
-        may not have passed it yet: a copy read again after a seek back (a rebalance's end,
-        a hole's re-read), whose effects are durable already."""
+        """Whether a handler here finished the message at `offset` since this process was
+        given the partition: a copy read again after a seek back (a hole's re-read, the
+        re-read at a rebalance's end of what was taken after the assignment). Its effects
+        are in place: durable, or in the tracker's in-memory table, which a seek does not
+        rebuild. A revoke forgets the partition (`forget`): after a new assignment Faust
+        rebuilds the table from its changelog, whose writes are sent without waiting, so
+        what was handled before is handled again."""
         part = self._parts.get(tp)
         return part is not None and offset in part.done
 
     def needs_base(self) -> list[TP]:
         """Partitions given to handlers whose committed offset is not known yet."""
-        return [
-            tp
-            for tp, part in self._parts.items()
-            if part.base is None and part.seen >= 0 and part.held
-        ]
+        return [tp for tp, part in self._parts.items() if part.base is None and part.seen >= 0]
 
     def start(self, tp: TP, committed: int) -> None:
         """The group's commit for `tp` stands at `committed` (the next offset to handle)."""
@@ -112,18 +110,8 @@ class CommitLedger:
         part.done = {o for o in part.done if o >= committed}
         part.since = time.monotonic()
 
-    def revoked(self, tp: TP) -> None:
-        """`tp` was revoked: whoever gets it next starts from the group's commit, which is
-        learnt again. What was handled here is kept: should `tp` come back, those messages
-        are read again from the commit and need not be handled twice."""
-        part = self._parts.get(tp)
-        if part is not None:
-            part.base = None
-            part.busy.clear()
-            part.held = False
-
     def forget(self, tp: TP) -> None:
-        """`tp` is not ours (a late answer of a handler after its revoke): drop it."""
+        """`tp` was revoked: whoever gets it next starts from the group's commit."""
         self._parts.pop(tp, None)
 
     def pending(self) -> Iterator[TP]:
@@ -322,7 +310,7 @@ class LedgerConsumer(faust_aiokafka.Consumer):
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         await super().on_partitions_revoked(revoked)
         for tp in revoked:
-            self.ledger.revoked(tp)
+            self.ledger.forget(tp)
 
     def report(self) -> None:
         """Export how long each partition's commit has been held (a metric and a log line)."""

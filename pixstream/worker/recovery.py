@@ -15,9 +15,9 @@ right after a SIGKILL (tests/e2e/test_restarts.py); this is the race of faust-st
 whose upstream reading is about the acked-offset gap it leaves.
 
 Seeking once more, after the clear, reads from the commit whatever was thrown away. What a
-handler here finished since the commit is skipped (`CommitLedger.already_handled`); what an
-agent is still handling is read twice, which every handler tolerates (deterministic event
-ids, idempotent writes).
+handler finished since the assignment is skipped (`CommitLedger.already_handled`); what was
+handled before the rebalance, or is still being handled, is read twice, which every handler
+tolerates (deterministic event ids, idempotent writes).
 """
 
 from __future__ import annotations

@@ -150,19 +150,19 @@ def test_a_message_the_fetcher_skipped_is_a_hole_once_a_later_one_was_taken() ->
     assert ledger.holes(min_age=0.0, now=float("inf")) == {}
 
 
-def test_ledger_ignores_offsets_below_the_commit_and_stops_committing_revoked_partitions() -> None:
+def test_ledger_ignores_offsets_below_the_commit_and_forgets_revoked_partitions() -> None:
     ledger = CommitLedger()
     ledger.start(TP0, 100)
     ledger.handled(TP0, 99)  # a stale copy from an earlier generation
     assert ledger.advance(TP0) is None
     ledger.handled(TP0, 100)
-    ledger.revoked(TP0)  # revoked before the commit: another owner handles 100 again
+    ledger.forget(TP0)  # revoked before the commit: the next owner handles 100 again
     assert ledger.advance(TP0) is None
     assert list(ledger.pending()) == []
-    assert ledger.needs_base() == []  # nothing to learn about a partition not held
+    assert not ledger.already_handled(TP0, 100)  # even when the next owner is this process
 
 
-def test_what_was_handled_is_not_handled_again_when_read_again_after_a_seek_back() -> None:
+def test_what_was_handled_is_not_handled_again_when_its_partition_is_read_again() -> None:
     ledger = CommitLedger()
     ledger.start(TP0, 10)
     for offset in (10, 11, 12):
@@ -173,13 +173,6 @@ def test_what_was_handled_is_not_handled_again_when_read_again_after_a_seek_back
     # The hole's re-read delivers 10, 11 and 12 again: only 10 is handled.
     ledger.start(TP0, 10)
     assert [o for o in (10, 11, 12) if ledger.already_handled(TP0, o)] == [11, 12]
-    # Revoked and given back to this process: the commit is learnt again, and what was
-    # handled here is still known (its effects are durable whoever commits it).
-    ledger.revoked(TP0)
-    ledger.taken(TP0, 10)
-    assert ledger.needs_base() == [TP0]
-    ledger.start(TP0, 10)
-    assert ledger.already_handled(TP0, 11)
     ledger.handled(TP0, 10)
     assert ledger.advance(TP0) == 13
     ledger.committed(TP0, 13)
