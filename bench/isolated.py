@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import platform
 import socket
@@ -137,3 +138,10 @@ def machine_line() -> str:
     """The line a benchmark prints above its table: cores, CPU model and Python."""
     cpu, python = cpuinfo_model(), platform.python_version()
     return f"machine: {os.cpu_count()} cores ({cpu}), Python {python}"
+
+
+def quiet_kafka_logs() -> None:
+    """aiokafka logs errors while a run's new topics elect their leaders; a benchmark's
+    figures are what matters, and any real failure shows as a failed job."""
+    logging.getLogger("aiokafka").setLevel(logging.ERROR)
+    logging.getLogger("aiokafka.consumer.fetcher").setLevel(logging.CRITICAL)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import logging
 import tempfile
 import time
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from bench.isolated import quiet_kafka_logs
 from bench.pipeline import Stage, staged, wait_ready
 from bench.report import table
 from bench.sampler import Proc, Sampler
@@ -155,8 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--processes", type=int, default=2, help="worker processes")
     parser.add_argument("--min-mp", type=float, default=13.0, help="smallest photo used, in MP")
     args = parser.parse_args(argv)
-    logging.getLogger("aiokafka").setLevel(logging.ERROR)
-    logging.getLogger("aiokafka.consumer.fetcher").setLevel(logging.CRITICAL)
+    quiet_kafka_logs()
     logs = Path(tempfile.mkdtemp(prefix="pixstream-soak-"))
     with Sampler() as sampler:
         root_services(sampler)

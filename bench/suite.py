@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import platform
 import subprocess
@@ -34,7 +33,7 @@ import aiohttp
 
 from bench import limit, pyspy
 from bench.ingress import post_job
-from bench.isolated import wait_http
+from bench.isolated import quiet_kafka_logs, wait_http
 from bench.pipeline import (
     Burst,
     Paced,
@@ -362,9 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="py-spy a worker after the rounds")
     parser.add_argument("--logs", type=Path, help="keep the processes' logs here")
     args = parser.parse_args(argv)
-    # aiokafka warns while the new topics elect their leaders; the figures are what matters.
-    logging.getLogger("aiokafka").setLevel(logging.ERROR)
-    logging.getLogger("aiokafka.consumer.fetcher").setLevel(logging.CRITICAL)
+    quiet_kafka_logs()
     logs = args.logs or Path(tempfile.mkdtemp(prefix="pixstream-bench-"))
     logs.mkdir(parents=True, exist_ok=True)
     with Sampler() as sampler:
