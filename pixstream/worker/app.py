@@ -197,7 +197,7 @@ async def _consume_one(
     """One record through its agent's handler, and what the commit ledger learns of it."""
     message = event.message
     if consumer.already_handled(message):
-        return  # read again after a seek back; its effects are durable
+        return  # read again after a seek back; its effects are in place (see the ledger)
     consumer.taken(message)
     try:
         later = await handle(_record(event))
