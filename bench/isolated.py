@@ -24,12 +24,12 @@ from contextlib import asynccontextmanager
 from typing import IO
 
 import aiohttp
-import asyncpg
 from pydantic import SecretStr
 
-from pixstream.db.migrate import apply_migrations
 from pixstream.settings import Settings
 from pixstream.topics import apply_topics, load_topics
+from tests.chaos import cpu_name, migrated_database
+from tests.conftest import drop_database
 from tests.harness import delete_topics, settings_env
 
 
@@ -50,28 +50,17 @@ async def isolated(
     Stop the run's processes before leaving the block."""
     base = Settings()
     prefix = prefix or new_prefix()
-    admin_dsn = base.database_url.get_secret_value()
-    url = admin_dsn.rsplit("/", 1)[0] + "/" + prefix
-    admin = await asyncpg.connect(admin_dsn)
-    try:
-        await admin.execute(f"CREATE DATABASE {prefix}")
-    finally:
-        await admin.close()
+    url = await migrated_database(base, prefix)
     settings = base.model_copy(
         update={"topic_prefix": prefix, "app_id": prefix, "database_url": SecretStr(url), **updates}
     )
     try:
-        await apply_migrations(url)
         if topics:
             await apply_topics(settings.kafka_bootstrap, load_topics(settings))
         yield settings
     finally:
         await delete_topics(settings)
-        admin = await asyncpg.connect(admin_dsn)
-        try:
-            await admin.execute(f"DROP DATABASE IF EXISTS {prefix} WITH (FORCE)")
-        finally:
-            await admin.close()
+        await drop_database(base, url)
 
 
 def start(
@@ -124,19 +113,9 @@ async def wait_http(url: str, proc: subprocess.Popen[bytes], within: float = 60.
     raise SystemExit(f"the ingress did not answer in {within:.0f} s")
 
 
-def cpuinfo_model() -> str:
-    """The CPU's model name (/proc/cpuinfo, else what `platform` knows): a figure is only
-    comparable with one from the same processor."""
-    with contextlib.suppress(OSError):
-        for line in open("/proc/cpuinfo").read().splitlines():  # noqa: SIM115
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
 def machine_line() -> str:
     """The line a benchmark prints above its table: cores, CPU model and Python."""
-    cpu, python = cpuinfo_model(), platform.python_version()
+    cpu, python = cpu_name(), platform.python_version()
     return f"machine: {os.cpu_count()} cores ({cpu}), Python {python}"
 
 

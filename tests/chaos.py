@@ -982,9 +982,10 @@ async def _until_async(
     return False
 
 
-async def migrated_database(services: Settings) -> str:
-    """A new, migrated database of the run's own; its URL (drop it with `drop_database`)."""
-    name = f"pixstream_chaos_{uuid.uuid4().hex[:10]}"
+async def migrated_database(services: Settings, name: str | None = None) -> str:
+    """A new, migrated database of the run's own (`name`, or a fresh one); its URL (drop it
+    with `drop_database`)."""
+    name = name or f"pixstream_chaos_{uuid.uuid4().hex[:10]}"
     conn = await asyncpg.connect(services.database_url.get_secret_value())
     try:
         await conn.execute(f"CREATE DATABASE {name}")
@@ -1006,13 +1007,18 @@ async def run_once(
         await drop_database(services, url)
 
 
-def machine() -> str:
-    cpu = "unknown CPU"
+def cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo: a figure is only comparable with one from
+    the same processor."""
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
+def machine() -> str:
+    cpu = cpu_name()
     ram = 0.0
     with contextlib.suppress(OSError, ValueError, IndexError):
         ram = int(Path("/proc/meminfo").read_text().split()[1]) / 1024 / 1024
