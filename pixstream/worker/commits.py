@@ -30,8 +30,10 @@ import logging
 import time
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
+from aiokafka import TopicPartition
+from faust.exceptions import ConsumerNotStarted
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 from faust.types.tuples import ack_lock
@@ -56,6 +58,7 @@ class _Partition:
     base: int | None = None  # the group's committed offset while we hold the partition
     done: set[int] = field(default_factory=set)  # handled, past `base`
     busy: set[int] = field(default_factory=set)  # with a handler now
+    received: set[int] = field(default_factory=set)  # delivered to a stream, past `base`
     seen: int = -1  # the highest offset a handler was given
     since: float = field(default_factory=time.monotonic)  # when `base` last moved
 
@@ -69,6 +72,13 @@ class CommitLedger:
 
     def _part(self, tp: TP) -> _Partition:
         return self._parts.setdefault(tp, _Partition())
+
+    def received(self, tp: TP, offset: int) -> None:
+        """Faust delivered the message at `offset` to a stream (where it waits for a
+        handler)."""
+        part = self._part(tp)
+        if part.base is None or offset >= part.base:
+            part.received.add(offset)
 
     def taken(self, tp: TP, offset: int) -> None:
         """A handler was given the message at `offset`."""
@@ -108,6 +118,7 @@ class CommitLedger:
         part = self._part(tp)
         part.base = committed
         part.done = {o for o in part.done if o >= committed}
+        part.received = {o for o in part.received if o >= committed}
         part.since = time.monotonic()
 
     def forget(self, tp: TP) -> None:
@@ -136,29 +147,47 @@ class CommitLedger:
         if part is None or part.base is None or offset <= part.base:
             return
         part.done = {o for o in part.done if o >= offset}
+        part.received = {o for o in part.received if o >= offset}
         part.base = offset
         part.since = time.monotonic()
 
-    def held(self, now: float | None = None) -> dict[TP, tuple[int, float]]:
-        """Partitions whose commit waits on an unfinished message while handlers have gone
-        past it: (that offset, seconds it has held the commit)."""
+    def held(
+        self, fetched: Mapping[TP, int] | None = None, now: float | None = None
+    ) -> dict[TP, tuple[int, float]]:
+        """Partitions whose commit waits on an unfinished message that was passed: handlers
+        went past it, or the fetcher did (`fetched`: each partition's fetch position) and it
+        never reached a stream. (That offset, seconds it has held the commit.)"""
         now = time.monotonic() if now is None else now
+        fetched = fetched or {}
         return {
             tp: (part.base, now - part.since)
             for tp, part in self._parts.items()
-            if part.base is not None and part.seen >= part.base and part.base not in part.done
+            if part.base is not None
+            and part.base not in part.done
+            and (
+                part.seen >= part.base
+                or (part.base not in part.received and fetched.get(tp, -1) > part.base)
+            )
         }
 
-    def holes(self, min_age: float, now: float | None = None) -> dict[TP, int]:
-        """Partitions whose commit has waited `min_age` seconds on a message that no handler
-        holds although handlers went past it: it was dropped on the way (a rebalance cleared
-        the buffers, a relay deferred it, a handler gave it back). Reading the partition again
-        from that offset is the only way it comes back."""
+    def holes(
+        self, min_age: float, fetched: Mapping[TP, int] | None = None, now: float | None = None
+    ) -> dict[TP, int]:
+        """Partitions whose commit has waited `min_age` seconds on a passed message (`held`)
+        that no handler holds: it was dropped on the way (a rebalance cleared the buffers,
+        Faust's fetch loop filtered it out, a relay deferred it, a handler gave it back).
+        Reading the partition again from that offset is the only way it comes back."""
         return {
             tp: offset
-            for tp, (offset, age) in self.held(now).items()
+            for tp, (offset, age) in self.held(fetched, now).items()
             if age >= min_age and offset not in self._parts[tp].busy
         }
+
+
+class FetchState(NamedTuple):
+    position: int  # the next offset the fetcher hands on
+    highwater: int | None  # the broker's end of the partition, when known
+    paused: bool
 
 
 def _partitions(tps: Iterable[TP], topics: Any) -> Iterator[TP]:
@@ -173,6 +202,16 @@ class LedgerConsumer(faust_aiokafka.Consumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.ledger = CommitLedger()
+        deliver = self.callback
+
+        async def received(message: Any) -> None:
+            # What reached a stream: a message the fetcher passed that never gets here was
+            # dropped on the way (see `CommitLedger.held`).
+            if not self._is_changelog_tp(message.tp):
+                self.ledger.received(message.tp, message.offset)
+            await deliver(message)
+
+        self.callback = received
 
     def ack(self, message: Any) -> bool:
         # Faust's own bookkeeping of an ack (what `wait_empty` waits for during a rebalance),
@@ -210,7 +249,7 @@ class LedgerConsumer(faust_aiokafka.Consumer):
         assignment = self.assignment()
         holes = {
             tp: offset
-            for tp, offset in self.ledger.holes(REREAD_AFTER_SECONDS).items()
+            for tp, offset in self.ledger.holes(REREAD_AFTER_SECONDS, self.fetched()).items()
             if tp in assignment
         }
         for tp, offset in holes.items():
@@ -224,6 +263,46 @@ class LedgerConsumer(faust_aiokafka.Consumer):
             metrics.REREADS.labels(topic=tp.topic).inc()
         if holes:
             await self._read_again_from(holes)  # restarts each hole's clock
+
+    def fetch_states(self) -> dict[TP, FetchState]:
+        """aiokafka's fetch state of each partition held with a known position. A read of
+        the consumer thread's state from this one: it only ever replaces these values."""
+        try:
+            tps = self.assignment()
+            states = self._thread._ensure_consumer()._subscription.subscription.assignment
+        except (ConsumerNotStarted, AttributeError):  # not started, or between assignments
+            return {}
+        found = {}
+        for tp in tps:
+            state = states.state_value(tp)
+            if state is not None and state.has_valid_position:
+                found[tp] = FetchState(state.position, state.highwater, state.paused)
+        return found
+
+    def fetched(self) -> dict[TP, int]:
+        """Each held partition's fetch position: the messages below it were handed to Faust."""
+        return {tp: state.position for tp, state in self.fetch_states().items()}
+
+    async def hold_fetching(self, tps: Iterable[TP], held: bool) -> None:
+        """Stop (`held`) or restart fetching `tps`. In aiokafka, where a pause drops the
+        records it buffered for the partition without moving its position, so they are
+        fetched again on resume. Faust's `pause_partitions` instead makes its fetch loop
+        filter out the paused partitions' records it was already handed, past which the
+        position has moved: they would be skipped until a seek."""
+        states = self.fetch_states()
+        change = [
+            TopicPartition(tp.topic, tp.partition)
+            for tp in tps
+            if tp in states and states[tp].paused != held
+        ]
+        if not change:
+            return
+        inner = self._thread._ensure_consumer()
+
+        async def apply() -> None:  # on the consumer's thread, which owns its futures
+            (inner.pause if held else inner.resume)(*change)
+
+        await self._thread.call_thread(apply)
 
     async def force_commit(self, topics: Any = None, start_new_transaction: bool = True) -> bool:
         await self._learn_bases()
@@ -314,7 +393,7 @@ class LedgerConsumer(faust_aiokafka.Consumer):
 
     def report(self) -> None:
         """Export how long each partition's commit has been held (a metric and a log line)."""
-        for tp, (offset, seconds) in self.ledger.held().items():
+        for tp, (offset, seconds) in self.ledger.held(self.fetched()).items():
             metrics.COMMIT_HELD_SECONDS.labels(topic=tp.topic, partition=str(tp.partition)).set(
                 seconds
             )

@@ -7,10 +7,10 @@ its renders nor, when its requests come in a burst, their planning.
 Two mechanisms, one for throughput and one for the bound:
 - `Lanes` looks at the interactive partitions this worker holds every STEER_SECONDS: while
   one has a request or a task in flight or a message on the broker past the consumer's
-  position, the batch partitions (requests and tasks) are paused in the consumer (nothing
-  more is fetched for them), otherwise resumed. Faust pauses and resumes partitions itself
-  around rebalances and recoveries, so the state is asserted again on every tick rather
-  than set once.
+  position, the batch partitions (requests and tasks) are paused in aiokafka's fetcher
+  (nothing more is fetched for them, and nothing fetched is lost), otherwise resumed. A
+  rebalance gives the fetcher a new, unpaused assignment, so the state is asserted again on
+  every tick rather than set once.
 - `batch_turn` is the gate every batch request and task passes before it is handled: one at
   a time per worker, and only while the interactive lane is idle. Messages fetched before a
   pause wait there instead of running, so an interactive request or task that arrives while
@@ -101,36 +101,25 @@ class Lanes(Service):
         interactive partitions this worker holds."""
         if self._in_flight:
             return True
-        consumer = self._app.consumer
-        try:
-            inner = consumer._thread._ensure_consumer()
-            assignment = inner._subscription.subscription.assignment
-        except Exception:  # not started, or between assignments
-            return False
-        for tp in consumer.assignment():
-            if tp.topic not in self._interactive:
-                continue
-            state = assignment.state_value(tp)
-            if state is None or not state.has_valid_position or state.highwater is None:
-                continue
-            if state.highwater > state.position:
-                return True
-        return False
+        return any(
+            state.highwater is not None and state.highwater > state.position
+            for tp, state in self._app.consumer.fetch_states().items()
+            if tp.topic in self._interactive
+        )
 
     @Service.timer(STEER_SECONDS)
     async def _steer(self) -> None:
-        self.steer()
+        await self.steer()
 
-    def steer(self) -> None:
+    async def steer(self) -> None:
         """Pause the batch partitions this worker holds while interactive work waits, resume
         them otherwise (one tick of the steering timer)."""
         consumer = self._app.consumer
         if consumer is None:
             return
         if self._app.rebalancing or getattr(self._app, "in_recovery", False):
-            # Faust pauses every partition while it revokes and recovers tables, and resumes
-            # them itself after: a resume from here would let records in that its streams,
-            # suspended, drop (and a revocation wait on them).
+            # A rebalance gives aiokafka a new assignment, unpaused; the first tick after it
+            # pauses the batch partitions again if interactive work waits.
             self._idle.clear()
             return
         try:
@@ -138,13 +127,13 @@ class Lanes(Service):
         except ConsumerNotStarted:  # the timer starts with the app, before its consumer
             return
         busy = self.waiting()
-        batch_tps = [tp for tp in assignment if tp.topic in self._batch]
         if busy:
             self._idle.clear()
-            consumer.pause_partitions(batch_tps)
-        else:
+        # Paused where the fetcher is, never in Faust's fetch loop (see
+        # `LedgerConsumer.hold_fetching`): a pause there skips what was already fetched.
+        await consumer.hold_fetching([tp for tp in assignment if tp.topic in self._batch], busy)
+        if not busy:
             self._idle.set()
-            consumer.resume_partitions(batch_tps)
         if busy != self._paused:
             self._paused = busy
             log.debug("batch lane %s", "paused" if busy else "resumed")

@@ -7,6 +7,7 @@ from typing import Any, cast
 
 import faust
 import pytest
+from aiokafka.structs import ConsumerRecord
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 from faust.types.tuples import Message
@@ -40,9 +41,13 @@ def app() -> faust.App:
     return app
 
 
+async def _to_streams(message: Message) -> None:
+    pass
+
+
 def _consumer(app: faust.App, transport: type[Any]) -> Any:
     return transport("kafka://127.0.0.1:9092", app).create_consumer(
-        callback=lambda message: None,
+        callback=_to_streams,
         on_partitions_revoked=lambda revoked: None,
         on_partitions_assigned=lambda assigned: None,
     )
@@ -109,6 +114,39 @@ async def test_a_commit_the_broker_refused_is_made_at_the_next_commit(
     assert list(consumer._filter_tps_with_pending_acks()) == []
 
 
+async def test_faust_drops_what_it_fetched_for_a_partition_paused_while_it_delivers(
+    app: faust.App,
+) -> None:
+    # How the batch lane lost tasks (CI, test_lanes): a pause through Faust's
+    # `pause_partitions` while its fetch loop delivers a batch. aiokafka has moved its
+    # position past the batch, and Faust's loop yields only active partitions' records.
+    consumer = _consumer(app, LedgerTransport)
+    consumer._active_partitions = {TP0}
+    batch = [ConsumerRecord(TOPIC, 0, o, 0, 0, b"job", b"task", None, 3, 4, ()) for o in (0, 1, 2)]
+
+    async def fetched(*_: float) -> Any:
+        return {TP0: batch}, consumer._get_active_partitions()
+
+    consumer._wait_next_records = fetched
+    consumer.highwater = lambda tp: 3
+    delivered = []
+    async for _tp, message in consumer.getmany(timeout=1.0):
+        delivered.append(message.offset)
+        consumer.pause_partitions([TP0])  # the lanes' old steering tick, mid-batch
+    assert delivered == [0]
+
+
+async def test_the_ledger_consumer_records_what_reached_a_stream(app: faust.App) -> None:
+    consumer = _consumer(app, LedgerTransport)
+    consumer.ledger.start(TP0, 0)
+    await consumer.callback(_message(0))
+    # 0 waits in a stream for a handler; 1 was fetched and never delivered.
+    assert consumer.ledger.holes(0.0, {TP0: 2}, now=float("inf")) == {}
+    consumer.handled(_message(0))
+    consumer.ledger.committed(TP0, 1)
+    assert consumer.ledger.holes(0.0, {TP0: 2}, now=float("inf")) == {TP0: 1}
+
+
 def test_ledger_moves_over_out_of_order_completions_only_when_unbroken() -> None:
     ledger = CommitLedger()
     ledger.handled(TP0, 7)  # handled before the committed offset was known
@@ -148,6 +186,22 @@ def test_a_message_the_fetcher_skipped_is_a_hole_once_a_later_one_was_taken() ->
     assert ledger.holes(min_age=0.0, now=float("inf")) == {TP0: 0}
     ledger.taken(TP0, 0)
     assert ledger.holes(min_age=0.0, now=float("inf")) == {}
+
+
+def test_the_last_message_fetched_and_never_delivered_is_a_hole() -> None:
+    # Nothing after it reaches a handler, so only the fetch position shows it was passed:
+    # the ledger without it waited for new traffic on the partition (242 s in CI).
+    ledger = CommitLedger()
+    ledger.start(TP0, 0)
+    ledger.received(TP0, 0)
+    ledger.taken(TP0, 0)
+    ledger.handled(TP0, 0)
+    ledger.committed(TP0, 1)
+    assert ledger.holes(min_age=0.0, fetched={TP0: 1}, now=float("inf")) == {}  # nothing past
+    assert ledger.holes(min_age=0.0, fetched={TP0: 2}, now=float("inf")) == {TP0: 1}
+    assert ledger.holes(min_age=1e9, fetched={TP0: 2}) == {}  # not before it has waited
+    ledger.received(TP0, 1)  # delivered to its stream: waiting for a handler, not lost
+    assert ledger.holes(min_age=0.0, fetched={TP0: 2}, now=float("inf")) == {}
 
 
 def test_ledger_ignores_offsets_below_the_commit_and_forgets_revoked_partitions() -> None:

@@ -17,6 +17,7 @@ from pixstream.ops import OPERATIONS
 from pixstream.settings import Settings
 from pixstream.spec import BATCH, INTERACTIVE
 from pixstream.topics import jobs_topic, lane_of, lane_topics, load_topics, op_topic
+from pixstream.worker.commits import FetchState
 from pixstream.worker.handling import Message, Route
 from pixstream.worker.lag import lane_lag
 from pixstream.worker.lanes import Lanes
@@ -108,29 +109,25 @@ async def test_a_re_drive_keeps_the_jobs_lane(
 
 
 class Consumer:
-    """Faust's consumer as the steering tick sees it: the assignment, aiokafka's positions and
-    high-water marks, and the partitions it paused."""
+    """The worker's consumer as the steering tick sees it: the assignment, the fetcher's
+    positions and high-water marks, and the partitions it holds back."""
 
     def __init__(self, assigned: list[TP]) -> None:
         self.assigned = assigned
         self.marks: dict[TP, tuple[int, int]] = {tp: (0, 0) for tp in assigned}
         self.paused: set[TP] = set()
-        subscription = SimpleNamespace(assignment=SimpleNamespace(state_value=self._state))
-        inner = SimpleNamespace(_subscription=SimpleNamespace(subscription=subscription))
-        self._thread = SimpleNamespace(_ensure_consumer=lambda: inner)
-
-    def _state(self, tp: TP) -> Any:
-        position, highwater = self.marks[tp]
-        return SimpleNamespace(has_valid_position=True, position=position, highwater=highwater)
 
     def assignment(self) -> set[TP]:
         return set(self.assigned)
 
-    def pause_partitions(self, tps: list[TP]) -> None:
-        self.paused |= set(tps)
+    def fetch_states(self) -> dict[TP, FetchState]:
+        return {tp: FetchState(*self.marks[tp], tp in self.paused) for tp in self.assigned}
 
-    def resume_partitions(self, tps: list[TP]) -> None:
-        self.paused -= set(tps)
+    async def hold_fetching(self, tps: list[TP], held: bool) -> None:
+        if held:
+            self.paused |= set(tps)
+        else:
+            self.paused -= set(tps)
 
 
 def _lanes(consumer: Consumer) -> Lanes:
@@ -150,20 +147,20 @@ async def test_an_interactive_request_waiting_pauses_the_batch_requests_and_task
     assigned = [TP(t, 0) for t in names]
     consumer = Consumer(assigned)
     lanes = _lanes(consumer)
-    lanes.steer()
+    await lanes.steer()
     assert consumer.paused == set()
     consumer.marks[TP("t.jobs", 0)] = (4, 5)  # a request on the broker past the position
-    lanes.steer()
+    await lanes.steer()
     assert consumer.paused == {TP("t.jobs.batch", 0), TP("t.op.crop.batch", 0)}
     consumer.marks[TP("t.jobs", 0)] = (5, 5)
-    lanes.steer()
+    await lanes.steer()
     assert consumer.paused == set()
 
 
 async def test_an_interactive_request_in_flight_holds_the_batch_turn() -> None:
     consumer = Consumer([TP("t.jobs.batch", 0), TP("t.op.crop.batch", 1)])
     lanes = _lanes(consumer)
-    lanes.steer()  # idle: the batch turn is open
+    await lanes.steer()  # idle: the batch turn is open
     order: list[str] = []
     planning = asyncio.Event()
     release = asyncio.Event()
@@ -176,7 +173,7 @@ async def test_an_interactive_request_in_flight_holds_the_batch_turn() -> None:
     interactive = lanes.interactive(Route("planner", frozenset(), plan))
     request = asyncio.ensure_future(interactive.handle(cast(Message[Any], None)))
     await planning.wait()
-    lanes.steer()
+    await lanes.steer()
     assert consumer.paused == {TP("t.jobs.batch", 0), TP("t.op.crop.batch", 1)}
 
     async def batch() -> None:
@@ -187,7 +184,7 @@ async def test_an_interactive_request_in_flight_holds_the_batch_turn() -> None:
     assert order == []  # waits for its turn
     release.set()
     await request
-    lanes.steer()  # the request is done: the lane is idle again
+    await lanes.steer()  # the request is done: the lane is idle again
     await asyncio.wait_for(queued, 5)
     assert order == ["interactive", "batch"]
     assert consumer.paused == set()
