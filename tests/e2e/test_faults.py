@@ -219,6 +219,8 @@ async def test_a_stalled_retry_is_redriven_as_its_runs_retry(
                 return len(pipeline.watcher.of_type(job, *TERMINAL)) >= 2
 
             assert await wait_until(run_ended, within=90), pipeline.worker.log()[-3000:]
+            # The recorder writes the row in a batch after the event is on Kafka.
+            assert await wait_until(recorded_failed, within=20)
             record = await conn.fetchrow(
                 "SELECT status, run, redrives FROM jobs WHERE job_id = $1", job
             )

@@ -222,6 +222,12 @@ async def test_a_job_id_taken_by_another_request_is_dead_lettered_and_the_job_un
     before = [(e.id, e.type) for e in pipeline.watcher.events[job]]
     conn = await asyncpg.connect(pipeline.settings.database_url.get_secret_value())
     try:
+
+        async def recorded() -> bool:  # the recorder's batch lands after the event
+            status = await conn.fetchval("SELECT status FROM jobs WHERE job_id = $1", job)
+            return bool(status == "completed")
+
+        assert await wait_until(recorded, within=20)
         row = dict(await conn.fetchrow("SELECT * FROM jobs WHERE job_id = $1", job))
     finally:
         await conn.close()
