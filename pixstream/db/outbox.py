@@ -5,6 +5,10 @@ Writing the message in the job's own transaction is what makes a 202 and the eve
 the commit either happened (the relay will publish, however often it must retry or restart)
 or did not (nothing runs). A relay that dies after the broker's ack but before the delete
 publishes the row again; a repeated job.requested is harmless downstream.
+
+A row is written under its writer's lease: the process that committed it publishes it from
+memory right after the commit, with no claim; only should that process die first does another
+relay take the row, once the lease has run out.
 """
 
 from __future__ import annotations
@@ -12,7 +16,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Final
 
-INSERT: Final = "INSERT INTO outbox (topic, key, value) VALUES ($1, $2, $3) RETURNING id"
+#: Longer than a send can take (the producer's request timeout), so a live relay's rows are
+#: never taken over by another.
+LEASE_SECONDS: Final = 60.0
+
+INSERT: Final = """
+INSERT INTO outbox (topic, key, value, claimed_until)
+VALUES ($1, $2, $3, now() + make_interval(secs => $4))
+RETURNING id
+"""
 
 # Oldest first; a row another relay holds under a live lease is skipped, not waited for.
 CLAIM: Final = """
@@ -45,9 +57,12 @@ class Message:
     value: bytes
 
 
-async def add(conn: Any, topic: str, key: str, value: bytes) -> int:
-    """Queue a message; run it in the transaction of the rows it announces."""
-    return int(await conn.fetchval(INSERT, topic, key, value))
+async def add(conn: Any, topic: str, key: str, value: bytes) -> Message:
+    """Queue a message, leased to its writer; run it in the transaction of the rows it
+    announces, and hand it to this process's relay once that has committed."""
+    return Message(
+        int(await conn.fetchval(INSERT, topic, key, value, LEASE_SECONDS)), topic, key, value
+    )
 
 
 async def claim(conn: Any, limit: int, lease_seconds: float) -> list[Message]:

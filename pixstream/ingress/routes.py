@@ -192,8 +192,8 @@ async def _accept(
         # A batch job's request takes the batch lane's jobs topic, so an interactive one
         # posted behind a burst of them is not planned after the whole burst.
         topic = app[SETTINGS].topic(jobs_topic(spec.priority))
-        await outbox.add(conn, topic, job_id, event.to_bytes())
-    app[RELAY].wake()
+        message = await outbox.add(conn, topic, job_id, event.to_bytes())
+    app[RELAY].hand(message)
     UPLOAD_BYTES.observe(len(upload.data))
     log.info(
         "job accepted",
@@ -247,8 +247,8 @@ async def retry_job(request: web.Request) -> web.Response:
         await repository.open_run(conn, job.job_id, run, rerun_ids, event.time, retry=True)
         await job_events.append(conn, job.job_id, event)
         topic = settings.topic(jobs_topic(retried.priority))  # in the job's lane
-        await outbox.add(conn, topic, job.job_id, event.to_bytes())
-    app[RELAY].wake()
+        message = await outbox.add(conn, topic, job.job_id, event.to_bytes())
+    app[RELAY].hand(message)
     log.info(
         "job retried",
         extra={"job_id": job.job_id, "run": run, "steps": len(rerun), "tenant": job.tenant},
