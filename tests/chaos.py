@@ -813,6 +813,19 @@ class Oracles:
 
     async def _database(self) -> None:
         async with self.run._db() as conn:
+
+            async def all_recorded() -> bool:
+                # The recorder writes after the event is on Kafka; after a kill, the batch
+                # of a dead worker is written by the partition's next owner.
+                return bool(
+                    await conn.fetchval(
+                        "SELECT count(*) = cardinality($1::text[]) FROM jobs"
+                        " WHERE job_id = ANY($1) AND status IN ('completed', 'failed')",
+                        self.jobs,
+                    )
+                )
+
+            await _until_async(all_recorded, 60.0)
             rows = await conn.fetch(
                 "SELECT job_id, status, redrives FROM jobs WHERE job_id = ANY($1)", self.jobs
             )

@@ -23,7 +23,7 @@ from pixstream.events import JOB_COMPLETED, JOB_FAILED
 from pixstream.settings import Settings
 from tests.conftest import ClientFactory
 from tests.e2e.conftest import Pipeline, running_pipeline
-from tests.harness import CONTRACT_SPEC, TERMINAL, jpeg_bytes, new_job_id, produce
+from tests.harness import CONTRACT_SPEC, TERMINAL, jpeg_bytes, new_job_id, produce, wait_until
 
 Handler = Callable[[web.Request], Awaitable[web.Response]]
 pytestmark = [pytest.mark.e2e, pytest.mark.kafka, pytest.mark.s3, pytest.mark.postgres]
@@ -156,7 +156,7 @@ async def test_a_job_from_another_system_by_https_url_is_processed_and_visible(
     assert terminal.type == JOB_COMPLETED, terminal.data
     assert terminal.data["outputs"]["webp"]["width"] == 1024
 
-    for _ in range(100):  # the recorder projects it like any other job
+    for _ in range(200):  # the recorder projects it like any other job
         view = await (await api.get(f"/v1/jobs/{job}")).json()
         if view.get("status") == "completed":
             break
@@ -228,13 +228,19 @@ async def test_with_the_guard_on_a_loopback_source_is_refused_unfetched(
 
 async def test_the_worker_serves_its_metrics(product: tuple[Pipeline, int]) -> None:
     _, port = product
-    async with (
-        aiohttp.ClientSession() as http,
-        http.get(f"http://127.0.0.1:{port}/metrics") as resp,
-    ):
-        text = await resp.text()
-    assert resp.status == 200
-    assert 'pixstream_tasks_total{op="resize",outcome="completed"}' in text
+    text = ""
+
+    async def counted() -> bool:  # a task is counted once it has kept its renders
+        nonlocal text
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"http://127.0.0.1:{port}/metrics") as resp,
+        ):
+            assert resp.status == 200
+            text = await resp.text()
+        return 'pixstream_tasks_total{op="resize",outcome="completed"}' in text
+
+    assert await wait_until(counted, within=20)
     assert "pixstream_op_seconds_bucket" in text
     jobs_topic = product[0].settings.topic("jobs")
     assert f'pixstream_consumer_lag{{topic="{jobs_topic}"}}' in text

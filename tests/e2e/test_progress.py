@@ -28,7 +28,15 @@ from pixstream.settings import Settings
 from pixstream.spec import StepSpec
 from pixstream.storage import open_storage
 from tests.e2e.conftest import Pipeline
-from tests.harness import job_requested, jpeg_bytes, new_job_id, produce, put_source, submit
+from tests.harness import (
+    job_requested,
+    jpeg_bytes,
+    new_job_id,
+    produce,
+    put_source,
+    submit,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kafka, pytest.mark.s3, pytest.mark.postgres]
 
@@ -92,8 +100,14 @@ async def test_a_failed_job_ends_its_stream_with_job_failed(
 ) -> None:
     job_id = await submit(pipeline.settings, jpeg_bytes()[:3000])  # a truncated JPEG
     await pipeline.watcher.wait_terminal([job_id])
-    # Recorded already (job.requested came first on the partition), so the stream opens
-    # and ends once the recorder has the terminal event too.
+
+    async def recorded() -> bool:  # the recorder writes the row after the events are out
+        async with api.get(f"/v1/jobs/{job_id}") as resp:
+            return resp.status == 200
+
+    # Once the row exists the stream opens, and ends once the recorder has the terminal
+    # event too.
+    assert await wait_until(recorded, within=20)
     got = await stream(api, job_id)
     assert got[-1].event == JOB_FAILED
     assert got[1].event == TASK_STARTED

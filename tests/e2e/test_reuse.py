@@ -17,7 +17,7 @@ from pixstream.events import JOB_COMPLETED
 from pixstream.settings import Settings
 from pixstream.storage import open_storage
 from tests.e2e.conftest import Pipeline, running_pipeline
-from tests.harness import TERMINAL, jpeg_bytes, submit
+from tests.harness import TERMINAL, jpeg_bytes, submit, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kafka, pytest.mark.s3, pytest.mark.postgres]
 
@@ -111,6 +111,14 @@ async def test_an_expired_entry_renders_again(reuse: tuple[Pipeline, int]) -> No
     await run(pipeline, source)
     conn = await asyncpg.connect(pipeline.settings.database_url.get_secret_value())
     try:
+
+        async def kept() -> bool:  # the task keeps its renders after its step events
+            return not await conn.fetchval(
+                "SELECT count(*) FROM renditions WHERE tenant = $1 AND state = 'rendering'",
+                TENANT,
+            )
+
+        assert await wait_until(kept, within=20)
         expired = await conn.execute(
             "UPDATE renditions SET expires_at = now() - interval '1 second'"
             " WHERE tenant = $1 AND state = 'ready'",

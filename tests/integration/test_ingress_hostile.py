@@ -13,8 +13,10 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from pixstream.ingress.admission import UPLOAD_SLOTS
 from pixstream.settings import Settings
 from tests.conftest import ClientFactory
+from tests.harness import wait_until
 from tests.integration.conftest import SPEC, job_form
 from tests.integration.test_ingress import Client, jobs_count, problem_of
 from tests.unit import hostile
@@ -83,7 +85,12 @@ async def test_uploads_past_the_cap_are_503_with_retry_after(
 
     headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
     first = asyncio.create_task(client.post("/v1/jobs", data=slow_body(), headers=headers))
-    await asyncio.sleep(0.3)
+    slots = client.app[UPLOAD_SLOTS]
+
+    async def holding() -> bool:  # the slow upload has the only slot
+        return bool(slots._free.locked())
+
+    assert await wait_until(holding, within=20)
     resp = await client.post("/v1/jobs", data=job_form(png_1x1(), SPEC, filename="x.png"))
     body = await problem_of(resp, 503)
     assert resp.headers["Retry-After"] == "1"
