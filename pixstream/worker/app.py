@@ -173,7 +173,22 @@ def build_app(settings: Settings, ops: Sequence[str] | None = None) -> faust.App
         pruner.after(message.record.partition)
 
     route = Route("lifecycle", LIFECYCLE_TYPES, lifecycle)
-    agent(topic("events"), route.name, lambda r: recorder.deliver(route, r))
+
+    async def lifecycle_event(record: Record) -> asyncio.Future[None] | None:
+        recorded = await recorder.deliver(route, record)
+        if recorded is None:
+            return None
+
+        async def recorded_and_tracked() -> None:
+            await recorded
+            # The tracker's table writes go to its changelog without waiting: the event is
+            # handled once they are on the broker too, or a crash could commit past a step
+            # result that the table rebuilt from the changelog never heard of.
+            await app.producer.flush()
+
+        return asyncio.ensure_future(recorded_and_tracked())
+
+    agent(topic("events"), route.name, lifecycle_event)
     # Sends the webhooks the notifier queued; added after `res`, so it stops before it.
     app.add_dependency(Deliveries(res, loop=res.loop))
 
