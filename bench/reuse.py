@@ -43,14 +43,21 @@ class Ends:
         self.settings = settings
         self.at: dict[str, float] = {}
         self.reused: dict[str, bool] = {}
+        self.arrivals: dict[str, list[tuple[str, float]]] = {}  # every event, as received
+        self.sent: dict[str, float] = {}
+
+    def hops(self, job: str) -> dict[str, float]:
+        """When each type of the job's events last arrived, in ms after its request."""
+        return {t: (at - self.sent[job]) * 1000 for t, at in self.arrivals.get(job, [])}
 
     async def run(self) -> None:
         topic = self.settings.topic("events")
         async with kafka.open_consumer(self.settings, topic, group_id=None) as consumer:
             async for record in consumer:
                 event = CloudEvent.parse(record.value)
+                job = record.key.decode()
+                self.arrivals.setdefault(job, []).append((event.type, time.perf_counter()))
                 if event.type in (JOB_COMPLETED, JOB_FAILED):
-                    job = record.key.decode()
                     self.at.setdefault(job, time.perf_counter())
                     outputs = event.data.get("outputs", {}).values()
                     self.reused[job] = bool(outputs) and all(o.get("reused_from") for o in outputs)
@@ -76,6 +83,7 @@ async def one_job(
         await storage.put(key, photo, "image/jpeg")
     event = with_tenant(job_requested(job, key), TENANT)
     sent = time.perf_counter()
+    ends.sent[job] = sent
     await kafka.send(producer, settings.topic("jobs"), event.to_bytes(), key=job)
     return job, await ends.wait(job) - sent
 
@@ -91,6 +99,7 @@ class Pair:
     second: str
     second_s: float
     reused: bool
+    second_hops: dict[str, float]  # ms after the request, when each event type last arrived
 
 
 async def bench(photos: list[tuple[str, bytes]], prefix: str, log: IO[bytes]) -> list[Pair]:
@@ -108,7 +117,16 @@ async def bench(photos: list[tuple[str, bytes]], prefix: str, log: IO[bytes]) ->
                     first, first_s = await one_job(settings, producer, ends, data)
                     second, second_s = await one_job(settings, producer, ends, data)
                     pairs.append(
-                        Pair(name, len(data), first, first_s, second, second_s, ends.reused[second])
+                        Pair(
+                            name,
+                            len(data),
+                            first,
+                            first_s,
+                            second,
+                            second_s,
+                            ends.reused[second],
+                            ends.hops(second),
+                        )
                     )
         finally:
             watcher.cancel()
@@ -155,6 +173,15 @@ def report(pairs: list[Pair], tasks: dict[str, float]) -> None:
     )
     if stage:
         print(f"op stage: ratio median {statistics.median(stage):.1f}x (min {min(stage):.1f}x)")
+    # Where a reused job's time goes: each event type's arrival after the request (medians).
+    kinds = sorted({t for p in pairs for t in p.second_hops}, key=lambda t: _median_hop(pairs, t))
+    print("\nsecond job, median ms after the request: " + ", ".join(
+        f"{t.removeprefix('pixstream.')} {_median_hop(pairs, t):.0f}" for t in kinds
+    ))  # fmt: skip
+
+
+def _median_hop(pairs: list[Pair], kind: str) -> float:
+    return statistics.median(p.second_hops[kind] for p in pairs if kind in p.second_hops)
 
 
 def main() -> None:
