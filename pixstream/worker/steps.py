@@ -114,8 +114,11 @@ async def render_task(res: Resources, message: Message[TaskRequested], op: str) 
     started = time.perf_counter()
     steps = _Reporter(res, task, plan)
     try:
-        await res.emit(make_event(TASK_STARTED, steps.started(op)), key=task.job_id)
-        source = await res.storage.get(task.source_key, max_bytes=res.settings.max_upload_bytes)
+        # Sent while the source is read: both are round trips, and nothing waits on the first.
+        _, source = await asyncio.gather(
+            res.emit(make_event(TASK_STARTED, steps.started(op)), key=task.job_id),
+            res.storage.get(task.source_key, max_bytes=res.settings.max_upload_bytes),
+        )
         # Outputs already rendered for this tenant are copied; only the rest is rendered.
         async with Renditions(res, message, source, op) as once:
             await steps.reused(once.reused, {s.id for s in once.steps})
@@ -163,10 +166,14 @@ class _Reporter:
         self, reused: dict[str, OutputInfo | MetadataOutput], rendered: set[str]
     ) -> None:
         """Report the steps the render will not run: the reused outputs and the steps only
-        they needed."""
-        for sid in self._plan.order:
-            if sid not in rendered:
-                await self._completed(sid, reused.get(sid))
+        they needed. At once: the tracker takes a job's step results in any order."""
+        await asyncio.gather(
+            *(
+                self._completed(sid, reused.get(sid))
+                for sid in self._plan.order
+                if sid not in rendered
+            )
+        )
 
     async def finished(self, result: StepResult) -> None:
         """One rendered step's result (the render's `on_step`)."""
