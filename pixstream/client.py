@@ -89,8 +89,10 @@ class Client:
         self, job_id: str, *, last_event_id: str | None = None
     ) -> AsyncIterator[CloudEvent]:
         """The job's lifecycle events from the first (or after `last_event_id`) to the
-        terminal one; a dropped stream is resumed with Last-Event-ID, as browsers do."""
-        last, failures = last_event_id, 0
+        terminal one the server ends the stream at (its current run's: a terminal event a
+        retry followed does not end it); a dropped stream is resumed with Last-Event-ID, as
+        browsers do."""
+        last, failures, ended = last_event_id, 0, False
         while True:
             headers = {"Accept": sse.CONTENT_TYPE, **self._auth}
             if last:
@@ -105,9 +107,10 @@ class Client:
                         async for message in stream:
                             event = CloudEvent.model_validate_json(message.data)
                             last, failures = event.id, 0
+                            ended = event.type in TERMINAL_TYPES
                             yield event
-                            if event.type in TERMINAL_TYPES:
-                                return
+                if ended:  # the stream ended at a terminal event: the server says it is over
+                    return
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
                 failures += 1
                 if failures > MAX_RECONNECTS:

@@ -16,6 +16,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from aiokafka import AIOKafkaConsumer
 
+from pixstream.client import Client as PixStreamClient
 from pixstream.db import tenants
 from pixstream.events import (
     JOB_COMPLETED,
@@ -291,6 +292,12 @@ async def test_a_retry_reruns_only_the_failed_branch_and_each_run_ends_once(
         3000,
         2400,
     )
+
+    # A client following the job replays every run and ends at the last one's end, not at
+    # the first job.failed (a retry followed it).
+    async with PixStreamClient(str(api.make_url(""))) as follower:
+        followed = [e.id async for e in follower.events(job_id)]
+    assert [i for i in followed if i.endswith((".job.failed", ".job.completed"))] == ids[:3]
 
     # Completed now: nothing to retry.
     await problem(await retry(api, job_id), 409, "job_not_retryable")
