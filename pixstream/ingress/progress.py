@@ -82,15 +82,22 @@ async def _follow(
     await resp.write(sse.retry(RECONNECT_MS))
     last_write = time.monotonic()
     first = True
+    unsettled: job_events.StoredEvent | None = None  # a terminal event not yet asked about
     while not done and not sub.closed:
         try:
+            if unsettled is not None and await _ends(request, sub.job_id, unsettled):
+                break
+            unsettled = None
             async for event in _read(request, sub.job_id, cursor):
                 await resp.write(sse.frame(event.event_id, event.type, event.json))
                 last_write = time.monotonic()
                 cursor = event.seq
-                if event.terminal and await _ends(request, sub.job_id, event):
-                    done = True
-                    break
+                if event.terminal:
+                    unsettled = event  # asked again next turn should PostgreSQL fail now
+                    if await _ends(request, sub.job_id, event):
+                        done = True
+                        break
+                    unsettled = None
         except DatabaseUnavailable as exc:  # the stream stays; the next wake-up reads again
             log.warning("events of %s: %s", sub.job_id, exc, extra={"job_id": sub.job_id})
         if done or (first and finished):

@@ -182,8 +182,10 @@ def build_app(settings: Settings, ops: Sequence[str] | None = None) -> faust.App
         async def recorded_and_tracked() -> None:
             await recorded
             # The tracker's table writes go to its changelog without waiting: the event is
-            # handled once they are on the broker too, or a crash could commit past a step
-            # result that the table rebuilt from the changelog never heard of.
+            # handled once the producer has sent what it holds, so a crash rarely commits
+            # past a step result the table rebuilt from the changelog never heard of. (Rarely:
+            # Faust's flush gives up on a message not sent within 0.1 s, and a batch that
+            # failed is not an error to it; the reconciler repairs what is left.)
             await app.producer.flush()
 
         return asyncio.ensure_future(recorded_and_tracked())

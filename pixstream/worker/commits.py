@@ -26,6 +26,7 @@ consumer at the two places it computes commits; Faust's acks still drive its own
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Collection, Iterable, Iterator, Mapping
@@ -33,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from aiokafka import TopicPartition
+from aiokafka.errors import IllegalStateError
 from faust.exceptions import ConsumerNotStarted
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
@@ -61,11 +63,12 @@ class _Partition:
     received: set[int] = field(default_factory=set)  # delivered to a stream, past `base`
     seen: int = -1  # the highest offset a handler was given
     since: float = field(default_factory=time.monotonic)  # when `base` last moved
+    passed: float | None = None  # when the fetcher was first seen past an undelivered `base`
 
 
 class CommitLedger:
     """Per partition: the committed offset, the offsets being handled and those handled since.
-    Pure and single-threaded (it lives on the worker's event loop)."""
+    No I/O, single-threaded (it lives on the worker's event loop)."""
 
     def __init__(self) -> None:
         self._parts: dict[TP, _Partition] = {}
@@ -120,6 +123,13 @@ class CommitLedger:
         part.done = {o for o in part.done if o >= committed}
         part.received = {o for o in part.received if o >= committed}
         part.since = time.monotonic()
+        part.passed = None
+
+    def reread_from(self, tp: TP, offset: int) -> None:
+        """`tp` is read again from `offset` (a seek): what reached a stream before is
+        delivered again, or dropped again, and only a new delivery counts."""
+        self.start(tp, offset)
+        self._parts[tp].received.clear()
 
     def forget(self, tp: TP) -> None:
         """`tp` was revoked: whoever gets it next starts from the group's commit."""
@@ -150,25 +160,32 @@ class CommitLedger:
         part.received = {o for o in part.received if o >= offset}
         part.base = offset
         part.since = time.monotonic()
+        part.passed = None
 
     def held(
         self, fetched: Mapping[TP, int] | None = None, now: float | None = None
     ) -> dict[TP, tuple[int, float]]:
         """Partitions whose commit waits on an unfinished message that was passed: handlers
         went past it, or the fetcher did (`fetched`: each partition's fetch position) and it
-        never reached a stream. (That offset, seconds it has held the commit.)"""
+        never reached a stream. (That offset, seconds it has held the commit.) The second
+        kind is timed from when a call first saw it: Faust hands a fetched batch to the
+        streams one message at a time, so a message can be past the position and on its way
+        for a while, and the commit's own age says nothing of that on a partition that was
+        idle."""
         now = time.monotonic() if now is None else now
         fetched = fetched or {}
-        return {
-            tp: (part.base, now - part.since)
-            for tp, part in self._parts.items()
-            if part.base is not None
-            and part.base not in part.done
-            and (
-                part.seen >= part.base
-                or (part.base not in part.received and fetched.get(tp, -1) > part.base)
-            )
-        }
+        found = {}
+        for tp, part in self._parts.items():
+            if part.base is None or part.base in part.done:
+                part.passed = None
+            elif part.seen >= part.base:
+                found[tp] = (part.base, now - part.since)
+            elif part.base not in part.received and fetched.get(tp, -1) > part.base:
+                part.passed = now if part.passed is None else part.passed
+                found[tp] = (part.base, now - max(part.since, part.passed))
+            else:
+                part.passed = None
+        return found
 
     def holes(
         self, min_age: float, fetched: Mapping[TP, int] | None = None, now: float | None = None
@@ -275,8 +292,11 @@ class LedgerConsumer(faust_aiokafka.Consumer):
         found = {}
         for tp in tps:
             state = states.state_value(tp)
-            if state is not None and state.has_valid_position:
-                found[tp] = FetchState(state.position, state.highwater, state.paused)
+            # A reset on the consumer's thread between the check and the read trips the
+            # position's assertion: that partition is left out of this look.
+            with contextlib.suppress(AssertionError):
+                if state is not None and state.has_valid_position:
+                    found[tp] = FetchState(state.position, state.highwater, state.paused)
         return found
 
     def fetched(self) -> dict[TP, int]:
@@ -300,7 +320,11 @@ class LedgerConsumer(faust_aiokafka.Consumer):
         inner = self._thread._ensure_consumer()
 
         async def apply() -> None:  # on the consumer's thread, which owns its futures
-            (inner.pause if held else inner.resume)(*change)
+            # The assignment may have changed since the list was made (a rebalance began):
+            # aiokafka refuses a partition it no longer holds.
+            current = inner.assignment()
+            with contextlib.suppress(IllegalStateError):
+                (inner.pause if held else inner.resume)(*(tp for tp in change if tp in current))
 
         await self._thread.call_thread(apply)
 
@@ -340,7 +364,7 @@ class LedgerConsumer(faust_aiokafka.Consumer):
             assignment = self.assignment()
             for tp, offset in offsets.items():
                 if tp in assignment:
-                    self.ledger.start(tp, offset)
+                    self.ledger.reread_from(tp, offset)
                     await self.seek(tp, offset)  # also lets Faust deliver from there again
         finally:
             if not self.app.rebalancing:  # else the next rebalance resumes flow at its end

@@ -109,7 +109,15 @@ class Lanes(Service):
 
     @Service.timer(STEER_SECONDS)
     async def _steer(self) -> None:
-        await self.steer()
+        await self.tick()
+
+    async def tick(self) -> None:
+        """One steering, logged rather than raised: a timer that raises crashes the worker
+        (mode's `Service.crash`), and the next tick steers again."""
+        try:
+            await self.steer()
+        except Exception:
+            log.exception("steering the batch lane failed")
 
     async def steer(self) -> None:
         """Pause the batch partitions this worker holds while interactive work waits, resume

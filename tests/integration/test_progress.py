@@ -282,3 +282,34 @@ async def test_shutdown_ends_open_streams_cleanly(
         # it at its shutdown timeout instead, the body would be cut (ClientPayloadError).
         assert [m async for m in stream] == []
         await closing
+
+
+async def test_a_terminal_event_whose_check_failed_still_ends_the_stream(
+    client: Client, topics: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Whether a terminal event ends the stream is asked of PostgreSQL; should that one
+    # question fail, the stream asks again instead of following a finished job for ever.
+    from pixstream.db.failures import DatabaseUnavailable
+
+    first, *rest = lifecycle("blip-1")
+    await write(topics, "blip-1", first)
+    real, failures = job_events.ends_stream, [1]
+
+    async def blip(conn: Any, job_id: str, event: Any) -> bool:
+        if failures:
+            failures.pop()
+            raise DatabaseUnavailable("PostgreSQL restarting")
+        return await real(conn, job_id, event)
+
+    monkeypatch.setattr(job_events, "ends_stream", blip)
+    async with client.get("/v1/jobs/blip-1/events") as resp:
+        stream = messages(resp)
+        assert (await anext(stream)).id == first.id
+        await write(topics, "blip-1", *rest)
+        received = await asyncio.wait_for(collect_rest(stream), 30)
+    assert [m.id for m in received] == [e.id for e in rest]
+    assert not failures
+
+
+async def collect_rest(stream: AsyncIterator[sse.Message]) -> list[sse.Message]:
+    return [m async for m in stream]

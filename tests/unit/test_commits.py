@@ -3,6 +3,7 @@ it commits past a message no agent handled; the rest pin the ledger that replace
 
 from __future__ import annotations
 
+import time
 from typing import Any, cast
 
 import faust
@@ -141,10 +142,12 @@ async def test_the_ledger_consumer_records_what_reached_a_stream(app: faust.App)
     consumer.ledger.start(TP0, 0)
     await consumer.callback(_message(0))
     # 0 waits in a stream for a handler; 1 was fetched and never delivered.
-    assert consumer.ledger.holes(0.0, {TP0: 2}, now=float("inf")) == {}
+    now = time.monotonic()
+    assert consumer.ledger.holes(5.0, {TP0: 2}, now=now + 6) == {}
     consumer.handled(_message(0))
     consumer.ledger.committed(TP0, 1)
-    assert consumer.ledger.holes(0.0, {TP0: 2}, now=float("inf")) == {TP0: 1}
+    assert consumer.ledger.holes(5.0, {TP0: 2}, now=now + 7) == {}  # first seen passed
+    assert consumer.ledger.holes(5.0, {TP0: 2}, now=now + 13) == {TP0: 1}
 
 
 def test_ledger_moves_over_out_of_order_completions_only_when_unbroken() -> None:
@@ -197,11 +200,24 @@ def test_the_last_message_fetched_and_never_delivered_is_a_hole() -> None:
     ledger.taken(TP0, 0)
     ledger.handled(TP0, 0)
     ledger.committed(TP0, 1)
-    assert ledger.holes(min_age=0.0, fetched={TP0: 1}, now=float("inf")) == {}  # nothing past
-    assert ledger.holes(min_age=0.0, fetched={TP0: 2}, now=float("inf")) == {TP0: 1}
-    assert ledger.holes(min_age=1e9, fetched={TP0: 2}) == {}  # not before it has waited
+    later = time.monotonic() + 60  # the partition then idle for a minute
+    assert ledger.holes(5.0, fetched={TP0: 1}, now=later) == {}  # nothing passed
+    # Fetched now: it may still be on its way to its stream, whatever the commit's age.
+    assert ledger.holes(5.0, fetched={TP0: 2}, now=later) == {}
+    assert ledger.holes(5.0, fetched={TP0: 2}, now=later + 4) == {}
+    assert ledger.holes(5.0, fetched={TP0: 2}, now=later + 6) == {TP0: 1}
     ledger.received(TP0, 1)  # delivered to its stream: waiting for a handler, not lost
-    assert ledger.holes(min_age=0.0, fetched={TP0: 2}, now=float("inf")) == {}
+    assert ledger.holes(5.0, fetched={TP0: 2}, now=later + 7) == {}
+
+
+def test_a_seek_back_counts_only_what_reaches_a_stream_again() -> None:
+    ledger = CommitLedger()
+    ledger.start(TP0, 0)
+    ledger.received(TP0, 0)  # then dropped from its stream by a rebalance
+    ledger.reread_from(TP0, 0)
+    now = time.monotonic()
+    assert ledger.holes(5.0, fetched={TP0: 1}, now=now) == {}
+    assert ledger.holes(5.0, fetched={TP0: 1}, now=now + 6) == {TP0: 0}  # dropped again
 
 
 def test_ledger_ignores_offsets_below_the_commit_and_forgets_revoked_partitions() -> None:

@@ -188,3 +188,19 @@ async def test_an_interactive_request_in_flight_holds_the_batch_turn() -> None:
     await asyncio.wait_for(queued, 5)
     assert order == ["interactive", "batch"]
     assert consumer.paused == set()
+
+
+async def test_a_steering_tick_that_fails_is_logged_not_raised(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A timer that raises crashes the whole worker (mode's Service.crash); a pause refused in
+    # the middle of a rebalance must cost one tick, not the worker.
+    consumer = Consumer([TP("t.op.crop.batch", 0)])
+
+    async def refused(tps: list[TP], held: bool) -> None:
+        raise RuntimeError("partition no longer assigned")
+
+    consumer.hold_fetching = refused  # type: ignore[method-assign]
+    lanes = _lanes(consumer)
+    await lanes.tick()
+    assert "steering the batch lane failed" in caplog.text
