@@ -260,13 +260,14 @@ class LedgerConsumer(faust_aiokafka.Consumer):
     async def _reread_holes(self) -> None:
         """Seek back to every dropped message, so the partition is read again from there
         (what comes after it again too: handled twice, harmlessly)."""
-        self.report()
+        fetched = self.fetched()
+        self.report(fetched)
         if self.app.rebalancing:
             return  # the rebalance ends with a seek to the commit anyway
         assignment = self.assignment()
         holes = {
             tp: offset
-            for tp, offset in self.ledger.holes(REREAD_AFTER_SECONDS, self.fetched()).items()
+            for tp, offset in self.ledger.holes(REREAD_AFTER_SECONDS, fetched).items()
             if tp in assignment
         }
         for tp, offset in holes.items():
@@ -309,12 +310,7 @@ class LedgerConsumer(faust_aiokafka.Consumer):
         fetched again on resume. Faust's `pause_partitions` instead makes its fetch loop
         filter out the paused partitions' records it was already handed, past which the
         position has moved: they would be skipped until a seek."""
-        states = self.fetch_states()
-        change = [
-            TopicPartition(tp.topic, tp.partition)
-            for tp in tps
-            if tp in states and states[tp].paused != held
-        ]
+        change = [TopicPartition(tp.topic, tp.partition) for tp in tps]
         if not change:
             return
         inner = self._thread._ensure_consumer()
@@ -415,9 +411,10 @@ class LedgerConsumer(faust_aiokafka.Consumer):
         for tp in revoked:
             self.ledger.forget(tp)
 
-    def report(self) -> None:
-        """Export how long each partition's commit has been held (a metric and a log line)."""
-        for tp, (offset, seconds) in self.ledger.held(self.fetched()).items():
+    def report(self, fetched: Mapping[TP, int]) -> None:
+        """Export how long each partition's commit has been held (a metric and a log line);
+        `fetched`: each partition's fetch position."""
+        for tp, (offset, seconds) in self.ledger.held(fetched).items():
             metrics.COMMIT_HELD_SECONDS.labels(topic=tp.topic, partition=str(tp.partition)).set(
                 seconds
             )

@@ -22,14 +22,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, Final
 
 from faust.exceptions import ConsumerNotStarted
+from faust.types import TP
 from mode import Service
 
 from pixstream import metrics
+from pixstream.worker.commits import FetchState
 from pixstream.worker.handling import Message, Route
 
 log = logging.getLogger(__name__)
@@ -96,14 +98,14 @@ class Lanes(Service):
         async with self.batch_turn():
             await handle()
 
-    def waiting(self) -> bool:
-        """Interactive work in flight, or on the broker past the consumer's position, for the
-        interactive partitions this worker holds."""
+    def waiting(self, states: Mapping[TP, FetchState]) -> bool:
+        """Interactive work in flight, or on the broker past the consumer's position
+        (`states`: the fetcher's), for the interactive partitions this worker holds."""
         if self._in_flight:
             return True
         return any(
             state.highwater is not None and state.highwater > state.position
-            for tp, state in self._app.consumer.fetch_states().items()
+            for tp, state in states.items()
             if tp.topic in self._interactive
         )
 
@@ -134,12 +136,18 @@ class Lanes(Service):
             assignment = consumer.assignment()
         except ConsumerNotStarted:  # the timer starts with the app, before its consumer
             return
-        busy = self.waiting()
+        states = consumer.fetch_states()
+        busy = self.waiting(states)
         if busy:
             self._idle.clear()
         # Paused where the fetcher is, never in Faust's fetch loop (see
         # `LedgerConsumer.hold_fetching`): a pause there skips what was already fetched.
-        await consumer.hold_fetching([tp for tp in assignment if tp.topic in self._batch], busy)
+        change = [
+            tp
+            for tp in assignment
+            if tp.topic in self._batch and tp in states and states[tp].paused != busy
+        ]
+        await consumer.hold_fetching(change, busy)
         if not busy:
             self._idle.set()
         if busy != self._paused:
