@@ -407,7 +407,10 @@ def _event_message(type_: str) -> dict[str, Any]:
         description += (
             " Published by the op agent as it takes the task, before any of the task's step "
             "results; each `pixstream.step.completed` or `pixstream.step.failed` then follows "
-            "as soon as its step is done, and the job's terminal event after the last."
+            "as soon as its step is done, and the job's terminal event after the last. A job "
+            "whose every output is retained for its tenant (render once) gets no task: the "
+            "planner reports its steps, copies of the earlier outputs, right after "
+            "`pixstream.job.requested`, and no `pixstream.task.started` is published."
         )
     return {
         "name": type_,

@@ -7,6 +7,7 @@ write overwrites itself. Errors are split here, once: a missing object is the in
 
 from __future__ import annotations
 
+import base64
 import logging
 import math
 from collections.abc import AsyncIterator
@@ -67,9 +68,15 @@ class Storage:
         self.bucket = settings.s3_bucket
 
     async def put(self, key: str, data: bytes, content_type: str) -> None:
+        """Store `data` with its SHA-256 checksum, which the endpoint checks against the bytes
+        it received and keeps (`sha256`): what render once reads instead of the object."""
         try:
             await self._client.put_object(
-                Bucket=self.bucket, Key=key, Body=data, ContentType=content_type
+                Bucket=self.bucket,
+                Key=key,
+                Body=data,
+                ContentType=content_type,
+                ChecksumAlgorithm="SHA256",
             )
         except (ClientError, BotoCoreError) as exc:
             raise TransientError(f"S3 put {key} failed: {exc}") from exc
@@ -102,6 +109,25 @@ class Storage:
             raise TransientError(f"S3 copy {source_key} to {key} failed: {exc}") from exc
         except BotoCoreError as exc:
             raise TransientError(f"S3 copy {source_key} to {key} failed: {exc}") from exc
+
+    async def sha256(self, key: str) -> str | None:
+        """The sha256 (hex) of the object's bytes as the endpoint checked them when they were
+        stored (a HEAD: no bytes read); None when it keeps no whole-object SHA-256 (stored
+        without one, or in parts). SourceUnavailable when there is no such object."""
+        try:
+            head = await self._client.head_object(
+                Bucket=self.bucket, Key=key, ChecksumMode="ENABLED"
+            )
+        except ClientError as exc:
+            if _error_code(exc) in _MISSING:
+                raise SourceUnavailable(f"object {key} does not exist") from exc
+            raise TransientError(f"S3 head {key} failed: {exc}") from exc
+        except BotoCoreError as exc:
+            raise TransientError(f"S3 head {key} failed: {exc}") from exc
+        checksum = head.get("ChecksumSHA256")
+        if checksum is None or head.get("ChecksumType", "FULL_OBJECT") != "FULL_OBJECT":
+            return None
+        return base64.b64decode(checksum).hex()
 
     async def exists(self, key: str) -> bool:
         try:

@@ -15,6 +15,7 @@ with only the steps the retry runs (`rerun.rerun_steps`)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from typing import cast
@@ -25,6 +26,7 @@ from pixstream.events import (
     JOB_FAILED,
     JOB_REQUESTED,
     JOB_RETRIED,
+    STEP_COMPLETED,
     TASK_REQUESTED,
     CloudEvent,
     ErrorInfo,
@@ -34,6 +36,7 @@ from pixstream.events import (
     MetadataOutput,
     OutputInfo,
     SourceKey,
+    StepCompleted,
     TaskRequested,
     make_event,
 )
@@ -42,6 +45,7 @@ from pixstream.redelivery import REDRIVE
 from pixstream.rerun import rerun_steps
 from pixstream.spec import ID_PATTERN, JobSpec, parse_spec
 from pixstream.topics import op_topic
+from pixstream.worker import reuse
 from pixstream.worker.handling import Message, Route
 from pixstream.worker.resources import Resources
 from pixstream.worker.source import fetch_source, source_key
@@ -112,8 +116,13 @@ async def plan_job(res: Resources, message: Message[JobRequested]) -> None:
     announced = ownership.with_tenant(
         make_event(JOB_REQUESTED, accepted, source=event.source), tenant
     )
-    await res.emit(announced, key=request.job_id)
     plan = Plan.from_spec(spec)
+    async with asyncio.TaskGroup() as both:  # the announcement and the lookup, at once
+        both.create_task(res.emit(announced, key=request.job_id))
+        lookup = both.create_task(_retained(res, request.job_id, tenant, plan, key))
+    if (outputs := lookup.result()) is not None:
+        await _report_reused(res, request.job_id, plan, outputs)
+        return
     first_op = plan.steps[plan.order[0]].spec.op
     task = TaskRequested(job_id=request.job_id, source_key=key, steps=spec.steps, tenant=tenant)
     await res.send(
@@ -124,6 +133,39 @@ async def plan_job(res: Resources, message: Message[JobRequested]) -> None:
     log.info(
         "job planned", extra={"job_id": request.job_id, "op": first_op, "steps": len(spec.steps)}
     )
+
+
+async def _retained(
+    res: Resources, job_id: str, tenant: str, plan: Plan, source_key: str
+) -> dict[str, OutputInfo | MetadataOutput] | None:
+    if not reuse.applies(res, tenant):
+        return None
+    return await reuse.retained(res, job_id, tenant, plan, source_key)
+
+
+async def _report_reused(
+    res: Resources, job_id: str, plan: Plan, outputs: dict[str, OutputInfo | MetadataOutput]
+) -> None:
+    """Every step completed, its output copied: the ids are the ones an op agent would give
+    them, so a task of this job sent by an earlier delivery reports nothing new."""
+    await asyncio.gather(
+        *(
+            res.emit(
+                make_event(
+                    STEP_COMPLETED,
+                    StepCompleted(
+                        job_id=job_id,
+                        step=sid,
+                        op=plan.steps[sid].spec.op,
+                        output=outputs.get(sid),
+                    ),
+                ),
+                key=job_id,
+            )
+            for sid in plan.order
+        )
+    )
+    log.info("job answered from the render-once index", extra={"job_id": job_id})
 
 
 async def plan_retry(res: Resources, message: Message[JobRetried]) -> None:

@@ -78,14 +78,8 @@ class Renditions:
         #: The steps this task still renders (all of them when reuse does not apply).
         self.steps: list[StepSpec] = list(self._task.steps)
 
-    def _applies(self) -> bool:
-        tenant, mode = self._task.tenant, self._res.settings.reuse
-        if tenant is None or mode == "off":
-            return False
-        return not (mode == "keyed" and tenant == apikeys.ANONYMOUS)
-
     async def __aenter__(self) -> Renditions:
-        if not self._applies():
+        if not applies(self._res, self._task.tenant):
             return self
         assert self._task.tenant is not None
         digest = await asyncio.to_thread(source_digest, self._source)  # 25 MB: ~20 ms
@@ -188,37 +182,11 @@ class Renditions:
     async def _copy(self, entry: renditions.Entry, sids: list[str], waited: bool) -> bool:
         """Copy `entry`'s object to each of `sids`' keys; False when it is gone (expired
         early, or deleted), and then forgotten."""
-        assert entry.output is not None
-        assert entry.job_id is not None
-        own = entry.job_id == self._task.job_id  # indexed by this task's earlier delivery
-        copies: dict[str, Output] = {}
-        for sid in sids:
-            fields = dict(entry.output)
-            if entry.object_key is not None:
-                key = Plan.output_key(self._task.job_id, sid, str(fields["format"]))
-                if key != entry.object_key:
-                    try:
-                        await self._res.storage.copy(entry.object_key, key)
-                    except errors.SourceUnavailable:
-                        await self._db(
-                            "forgetting a lost rendition",
-                            renditions.forget,
-                            self._keys[sid],
-                            entry.job_id,
-                        )
-                        return False
-                fields["key"] = key
-            if not own:
-                fields["reused_from"] = entry.job_id
-            copies[sid] = OUTPUT.validate_python(fields)
+        copies = await _copies(self._res, self._task.job_id, entry, sids, self._keys[sids[0]])
+        if copies is None:
+            return False
         self.reused.update(copies)
-        outcome = "waited" if waited else "reused"
-        metrics.RENDITIONS.labels(outcome=outcome).inc(len(copies))
-        log.info(
-            "outputs reused from job %s",
-            entry.job_id,
-            extra={"job_id": self._task.job_id, "steps": sids, "outcome": outcome},
-        )
+        _count(self._task.job_id, entry, sids, "waited" if waited else "reused")
         return True
 
     async def _renewing(self) -> None:
@@ -240,11 +208,117 @@ class Renditions:
         return [firsts[ck] for ck in self._claimed]
 
     async def _db(
-        self, what: str, query: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any
+        self, what: str, query: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any
     ) -> T:
-        """`query(conn, *args, **kwargs)`, retried in place while PostgreSQL is away."""
+        return await _db(self._res, self._task.job_id, what, query, *args, **kwargs)
 
-        async def run(conn: Any) -> T:
-            return await query(conn, *args, **kwargs)
 
-        return await self._res.write_db(run, what=what, job_id=self._task.job_id)
+def applies(res: Resources, tenant: str | None) -> bool:
+    """Whether `tenant`'s jobs reuse outputs (`PIXSTREAM_REUSE`; a task without a tenant was
+    sent before v2)."""
+    mode = res.settings.reuse
+    if tenant is None or mode == "off":
+        return False
+    return not (mode == "keyed" and tenant == apikeys.ANONYMOUS)
+
+
+async def retained(
+    res: Resources, job_id: str, tenant: str, plan: Plan, source_key: str
+) -> dict[str, Output] | None:
+    """Every output of `plan` copied from the index under `job_id`'s keys, or None unless
+    each one is retained: the planner answers such a job itself, without a task (no op topic
+    hop, no read of the source). The source's sha256 is the one the endpoint checked when
+    it was stored; a source stored without one goes to the op agent, which reads it.
+
+    Claims are left to the op agent: a job with an output missing or being rendered gets
+    its task as before. Copies made before a miss was found are overwritten by its render.
+    A source the endpoint cannot describe now is the op agent's to read and report on."""
+    try:
+        digest = await res.storage.sha256(source_key)
+    except (errors.SourceUnavailable, errors.TransientError):
+        return None
+    if digest is None:
+        return None
+    keys = output_keys(plan, tenant, digest)
+    by_chain: dict[str, list[str]] = defaultdict(list)
+    for sid, key in keys.items():
+        by_chain[key.chain_key].append(sid)
+    entries = await _db(
+        res,
+        job_id,
+        "looking up renditions",
+        renditions.lookup,
+        [keys[s[0]] for s in by_chain.values()],
+    )
+    if not all((e := entries.get(ck)) is not None and e.ready for ck in by_chain):
+        return None
+    copied = await asyncio.gather(
+        *(_copies(res, job_id, entries[ck], sids, keys[sids[0]]) for ck, sids in by_chain.items())
+    )
+    if any(c is None for c in copied):
+        return None
+    outputs: dict[str, Output] = {}
+    for (ck, sids), copies in zip(by_chain.items(), copied, strict=True):
+        assert copies is not None
+        outputs.update(copies)
+        _count(job_id, entries[ck], sids, "reused")
+    return outputs
+
+
+async def _copies(
+    res: Resources, job_id: str, entry: renditions.Entry, sids: list[str], key: ContentKey
+) -> dict[str, Output] | None:
+    """`entry`'s output copied to each of `sids`' keys of `job_id`; None when its object is
+    gone (expired early, or deleted), and then forgotten."""
+    assert entry.output is not None
+    assert entry.job_id is not None
+    own = entry.job_id == job_id  # indexed by this job's earlier delivery
+    copies: dict[str, Output] = {}
+    for sid in sids:
+        fields = dict(entry.output)
+        if entry.object_key is not None:
+            object_key = Plan.output_key(job_id, sid, str(fields["format"]))
+            if object_key != entry.object_key:
+                try:
+                    await res.storage.copy(entry.object_key, object_key)
+                except errors.SourceUnavailable:
+                    await _db(
+                        res,
+                        job_id,
+                        "forgetting a lost rendition",
+                        renditions.forget,
+                        key,
+                        entry.job_id,
+                    )
+                    return None
+            fields["key"] = object_key
+        if not own:
+            fields["reused_from"] = entry.job_id
+        copies[sid] = OUTPUT.validate_python(fields)
+    return copies
+
+
+def _count(job_id: str, entry: renditions.Entry, sids: list[str], outcome: str) -> None:
+    metrics.RENDITIONS.labels(outcome=outcome).inc(len(sids))
+    log.info(
+        "outputs reused from job %s",
+        entry.job_id,
+        extra={"job_id": job_id, "steps": sids, "outcome": outcome},
+    )
+
+
+async def _db(
+    res: Resources,
+    job_id: str,
+    what: str,
+    query: Callable[..., Awaitable[T]],
+    /,
+    *args: Any,
+    **kwargs: Any,
+) -> T:
+    """`query(conn, *args, **kwargs)`, retried in place while PostgreSQL is away."""
+
+    async def run(conn: Any) -> T:
+        return await query(conn, *args, **kwargs)
+
+    return await res.write_db(run, what=what, job_id=job_id)

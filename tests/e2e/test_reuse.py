@@ -13,11 +13,21 @@ import aiohttp
 import asyncpg
 import pytest
 
-from pixstream.events import JOB_COMPLETED
+from pixstream.events import JOB_COMPLETED, STEP_COMPLETED, TASK_STARTED
+from pixstream.ownership import with_tenant
 from pixstream.settings import Settings
-from pixstream.storage import open_storage
+from pixstream.storage import open_storage, s3_client
 from tests.e2e.conftest import Pipeline, running_pipeline
-from tests.harness import TERMINAL, jpeg_bytes, submit, wait_until
+from tests.harness import (
+    CONTRACT_STEPS,
+    TERMINAL,
+    job_requested,
+    jpeg_bytes,
+    new_job_id,
+    produce,
+    submit,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.kafka, pytest.mark.s3, pytest.mark.postgres]
 
@@ -95,6 +105,67 @@ async def test_second_identical_job_copies_the_first_without_decoding(
         }
 
 
+async def test_the_planner_answers_a_job_whose_outputs_are_all_retained(
+    reuse: tuple[Pipeline, int],
+) -> None:
+    pipeline, _ = reuse
+    source = jpeg_bytes((1100, 700), color=(60, 60, 160))
+    first = await submit(pipeline.settings, source, tenant=TENANT)
+    await pipeline.watcher.wait_terminal([first])
+    assert await _kept(pipeline)
+    second = await submit(pipeline.settings, source, tenant=TENANT)
+    await pipeline.watcher.wait_terminal([second])
+    (done,) = pipeline.watcher.of_type(second, JOB_COMPLETED)
+    assert {out["reused_from"] for out in done.data["outputs"].values()} == {first}
+    # No task: the source's checksum told the planner its sha256, and the index every output.
+    assert pipeline.watcher.of_type(first, TASK_STARTED)
+    assert not pipeline.watcher.of_type(second, TASK_STARTED)
+    steps = pipeline.watcher.of_type(second, STEP_COMPLETED)
+    assert sorted(e.data["step"] for e in steps) == sorted(s.id for s in CONTRACT_STEPS)
+
+
+async def test_a_source_stored_without_a_sha256_is_read_and_still_reused(
+    reuse: tuple[Pipeline, int],
+) -> None:
+    pipeline, port = reuse
+    source = jpeg_bytes((1000, 600), color=(160, 60, 60))
+    first = await submit(pipeline.settings, source, tenant=TENANT)
+    await pipeline.watcher.wait_terminal([first])
+    assert await _kept(pipeline)
+    # As another system might store it: botocore's default checksum (CRC32), no SHA-256.
+    second = new_job_id()
+    key = f"raw/{second}/source.jpg"
+    async with s3_client(pipeline.settings) as client:
+        await client.put_object(Bucket=pipeline.settings.s3_bucket, Key=key, Body=source)
+    async with open_storage(pipeline.settings) as storage:
+        assert await storage.sha256(key) is None
+    before = await renders(port)
+    event = with_tenant(job_requested(second, key), TENANT)
+    await produce(pipeline.settings, "jobs", event.to_bytes(), second)
+    await pipeline.watcher.wait_terminal([second])
+    (done,) = pipeline.watcher.of_type(second, JOB_COMPLETED)
+    assert {out["reused_from"] for out in done.data["outputs"].values()} == {first}
+    assert pipeline.watcher.of_type(second, TASK_STARTED)  # the op agent read and hashed it
+    assert await renders(port) == before
+
+
+async def _kept(pipeline: Pipeline) -> bool:
+    """Whether every claim of the tenant turned into a retained entry (a task keeps its
+    renders after its step events, so right after a terminal event it may still hold one)."""
+    conn = await asyncpg.connect(pipeline.settings.database_url.get_secret_value())
+    try:
+
+        async def kept() -> bool:
+            return not await conn.fetchval(
+                "SELECT count(*) FROM renditions WHERE tenant = $1 AND state = 'rendering'",
+                TENANT,
+            )
+
+        return await wait_until(kept, within=20)
+    finally:
+        await conn.close()
+
+
 async def test_another_tenant_renders_its_own(reuse: tuple[Pipeline, int]) -> None:
     pipeline, port = reuse
     source = jpeg_bytes((1000, 800), color=(200, 200, 10))
@@ -109,16 +180,9 @@ async def test_an_expired_entry_renders_again(reuse: tuple[Pipeline, int]) -> No
     pipeline, port = reuse
     source = jpeg_bytes((900, 700), color=(30, 200, 30))
     await run(pipeline, source)
+    assert await _kept(pipeline)
     conn = await asyncpg.connect(pipeline.settings.database_url.get_secret_value())
     try:
-
-        async def kept() -> bool:  # the task keeps its renders after its step events
-            return not await conn.fetchval(
-                "SELECT count(*) FROM renditions WHERE tenant = $1 AND state = 'rendering'",
-                TENANT,
-            )
-
-        assert await wait_until(kept, within=20)
         expired = await conn.execute(
             "UPDATE renditions SET expires_at = now() - interval '1 second'"
             " WHERE tenant = $1 AND state = 'ready'",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import uuid
 
 import aiohttp
@@ -64,6 +65,8 @@ async def test_s3_round_trip_and_presigned_get_over_http(services: Settings) -> 
         assert await storage.get(key) == body
         assert await storage.exists(key)
         assert not await storage.exists(key + ".missing")
+        # The endpoint keeps the checksum it checked: render once reads it instead of the bytes.
+        assert await storage.sha256(key) == hashlib.sha256(body).hexdigest()
         url = storage.presigned_url(key)
     async with aiohttp.ClientSession() as http, http.get(url) as resp:
         assert resp.status == 200
