@@ -53,9 +53,8 @@ class Renditions:
     """One task's use of the index, entered around its render:
 
         async with Renditions(res, message, source, op) as once:
-            rendered = await once.render(render_steps)   # only what was not reused
-            outputs = {**stored(rendered), **once.reused}
-            await once.keep(outputs)
+            # only what was not reused; each output indexed as it is stored
+            await once.render(lambda steps: render(steps, on_stored=once.keep))
 
     Claims not kept (a step failed, the task raised) are released on exit, so a task
     waiting on them claims them at once.
@@ -72,6 +71,7 @@ class Renditions:
         self._plan = Plan.from_spec(JobSpec(steps=self._task.steps))
         self._keys: dict[str, ContentKey] = {}  # output step id -> its key
         self._claimed: set[str] = set()  # chain keys this task holds
+        self._kept: set[str] = set()  # chain keys this task indexed
         self._renew: asyncio.Task[None] | None = None
         #: Outputs copied from earlier jobs, by step id.
         self.reused: dict[str, Output] = {}
@@ -116,13 +116,13 @@ class Renditions:
         return await render_steps(self.steps)
 
     async def keep(self, outputs: dict[str, Output]) -> None:
-        """Index the outputs this task rendered (and may now be copied by others)."""
+        """Index outputs this task rendered (and may now be copied by others): each as soon
+        as it is stored, before its step is reported."""
         if not self._keys:
             return
-        kept: set[str] = set()
         for sid, out in outputs.items():
             key = self._keys.get(sid)
-            if key is None or sid in self.reused or key.chain_key in kept:
+            if key is None or sid in self.reused or key.chain_key in self._kept:
                 continue
             metrics.RENDITIONS.labels(outcome="rendered").inc()
             entry = out.model_dump(mode="json", exclude={"url", "reused_from"})
@@ -136,8 +136,8 @@ class Renditions:
                 output=entry,
                 retain_seconds=self._res.settings.retention_seconds,
             )
-            kept.add(key.chain_key)
-        self._claimed -= kept
+            self._kept.add(key.chain_key)
+            self._claimed.discard(key.chain_key)
 
     # -- the lookup ---------------------------------------------------------------------
     async def _resolve(self) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from pixstream import errors, metrics
 from pixstream.db import render_starts
@@ -33,7 +33,7 @@ from pixstream.spec import JobSpec, StepSpec
 from pixstream.worker.handling import Message, Route
 from pixstream.worker.renderpool import OnStep
 from pixstream.worker.resources import Resources
-from pixstream.worker.reuse import Renditions
+from pixstream.worker.reuse import Output, Renditions
 
 log = logging.getLogger(__name__)
 
@@ -122,9 +122,13 @@ async def render_task(res: Resources, message: Message[TaskRequested], op: str) 
         # Outputs already rendered for this tenant are copied; only the rest is rendered.
         async with Renditions(res, message, source, op) as once:
             await steps.reused(once.reused, {s.id for s in once.steps})
+
+            async def finished(result: StepResult) -> None:
+                await steps.finished(result, keep=once.keep)
+
             try:
                 await once.render(
-                    lambda todo: _counted_render(res, message, source, todo, steps.finished)
+                    lambda todo: _counted_render(res, message, source, todo, finished)
                 )
             except errors.PermanentError as exc:
                 if not exc.fails_job:
@@ -133,7 +137,6 @@ async def render_task(res: Resources, message: Message[TaskRequested], op: str) 
                 # the steps it finished stand, the others fail with its error.
                 log.info("task failed: %s", exc.message, extra={**extra, "code": exc.code})
                 await steps.fail_rest(exc)
-            await once.keep(steps.stored)
     except errors.TransientError:
         metrics.TASKS.labels(op=op, outcome="retry").inc()
         raise
@@ -153,8 +156,6 @@ class _Reporter:
         self._plan = plan
         self.reported: set[str] = set()
         self.failed = False
-        #: Outputs this delivery rendered and stored (what the render-once index keeps).
-        self.stored: dict[str, OutputInfo | MetadataOutput] = {}
 
     def started(self, op: str) -> TaskStarted:
         task = self._task
@@ -175,8 +176,12 @@ class _Reporter:
             )
         )
 
-    async def finished(self, result: StepResult) -> None:
-        """One rendered step's result (the render's `on_step`)."""
+    async def finished(
+        self, result: StepResult, keep: Callable[[dict[str, Output]], Awaitable[None]]
+    ) -> None:
+        """One rendered step's result (the render's `on_step`). Its output is indexed
+        (`keep`) before its step is reported, so a job submitted once this one ended finds
+        it retained, not still being rendered."""
         sid = result.step
         if result.failure is not None:
             await self._failed(sid, result.failure.code, result.failure.message)
@@ -189,7 +194,7 @@ class _Reporter:
             # that wants it as a file.
             output = MetadataOutput.model_validate({"data": result.report.model_dump()})
         if output is not None:
-            self.stored[sid] = output
+            await keep({sid: output})
         await self._completed(sid, output)
 
     async def fail_rest(self, exc: errors.PermanentError) -> None:
