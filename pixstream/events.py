@@ -169,6 +169,14 @@ class TaskRequested(Data):
         "one (sent before v2) renders everything.",
     )
     run: Run = 0
+    source_sha256: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{64}$",
+        exclude_if=lambda v: v is None,
+        description="The source's sha256 (hex) when the planner learned it from the "
+        "endpoint's checksum: the op agent keys render once by it instead of hashing the "
+        "bytes it reads.",
+    )
 
 
 class TaskStarted(Data):

@@ -119,12 +119,19 @@ async def plan_job(res: Resources, message: Message[JobRequested]) -> None:
     plan = Plan.from_spec(spec)
     async with asyncio.TaskGroup() as both:  # the announcement and the lookup, at once
         both.create_task(res.emit(announced, key=request.job_id))
-        lookup = both.create_task(_retained(res, request.job_id, tenant, plan, key))
-    if (outputs := lookup.result()) is not None:
+        lookup = both.create_task(_lookup(res, request.job_id, tenant, plan, key))
+    digest, outputs = lookup.result()
+    if outputs is not None:
         await _report_reused(res, request.job_id, plan, outputs)
         return
     first_op = plan.steps[plan.order[0]].spec.op
-    task = TaskRequested(job_id=request.job_id, source_key=key, steps=spec.steps, tenant=tenant)
+    task = TaskRequested(
+        job_id=request.job_id,
+        source_key=key,
+        steps=spec.steps,
+        tenant=tenant,
+        source_sha256=digest,
+    )
     await res.send(
         res.settings.topic(op_topic(first_op, spec.priority)),
         make_event(TASK_REQUESTED, task).to_bytes(),
@@ -135,12 +142,17 @@ async def plan_job(res: Resources, message: Message[JobRequested]) -> None:
     )
 
 
-async def _retained(
+async def _lookup(
     res: Resources, job_id: str, tenant: str, plan: Plan, source_key: str
-) -> dict[str, OutputInfo | MetadataOutput] | None:
+) -> tuple[str | None, dict[str, OutputInfo | MetadataOutput] | None]:
+    """The source's sha256 when the endpoint kept it, and every output copied when each one
+    is retained (render once)."""
     if not reuse.applies(res, tenant):
-        return None
-    return await reuse.retained(res, job_id, tenant, plan, source_key)
+        return None, None
+    digest = await reuse.source_sha256(res, source_key)
+    if digest is None:
+        return None, None
+    return digest, await reuse.retained(res, job_id, tenant, plan, digest)
 
 
 async def _report_reused(

@@ -82,7 +82,9 @@ class Renditions:
         if not applies(self._res, self._task.tenant):
             return self
         assert self._task.tenant is not None
-        digest = await asyncio.to_thread(source_digest, self._source)  # 25 MB: ~20 ms
+        digest = self._task.source_sha256  # from the endpoint's checksum, when it kept one
+        if digest is None:
+            digest = await asyncio.to_thread(source_digest, self._source)  # 25 MB: ~20 ms
         self._keys = output_keys(self._plan, self._task.tenant, digest)
         await self._resolve()
         left = set(self._plan.outputs) - set(self.reused)
@@ -222,23 +224,25 @@ def applies(res: Resources, tenant: str | None) -> bool:
     return not (mode == "keyed" and tenant == apikeys.ANONYMOUS)
 
 
+async def source_sha256(res: Resources, source_key: str) -> str | None:
+    """The source's sha256 as the endpoint checked it when the object was stored (a HEAD,
+    no read); None when it kept none (stored by another system without a whole-object
+    SHA-256) or cannot say now: the op agent reads the source and hashes it then."""
+    try:
+        return await res.storage.sha256(source_key)
+    except (errors.SourceUnavailable, errors.TransientError):
+        return None  # the op agent's to read and report on
+
+
 async def retained(
-    res: Resources, job_id: str, tenant: str, plan: Plan, source_key: str
+    res: Resources, job_id: str, tenant: str, plan: Plan, digest: str
 ) -> dict[str, Output] | None:
-    """Every output of `plan` copied from the index under `job_id`'s keys, or None unless
-    each one is retained: the planner answers such a job itself, without a task (no op topic
-    hop, no read of the source). The source's sha256 is the one the endpoint checked when
-    it was stored; a source stored without one goes to the op agent, which reads it.
+    """Every output of `plan` for the source of sha256 `digest` copied from the index under
+    `job_id`'s keys, or None unless each one is retained: the planner answers such a job
+    itself, without a task (no op topic hop, no read of the source).
 
     Claims are left to the op agent: a job with an output missing or being rendered gets
-    its task as before. Copies made before a miss was found are overwritten by its render.
-    A source the endpoint cannot describe now is the op agent's to read and report on."""
-    try:
-        digest = await res.storage.sha256(source_key)
-    except (errors.SourceUnavailable, errors.TransientError):
-        return None
-    if digest is None:
-        return None
+    its task as before. Copies made before a miss was found are overwritten by its render."""
     keys = output_keys(plan, tenant, digest)
     by_chain: dict[str, list[str]] = defaultdict(list)
     for sid, key in keys.items():

@@ -4,6 +4,7 @@ past an entry's expiry, or twice rendered for identical jobs in flight at once."
 
 from __future__ import annotations
 
+import hashlib
 import re
 import socket
 from collections.abc import AsyncIterator
@@ -13,10 +14,12 @@ import aiohttp
 import asyncpg
 import pytest
 
-from pixstream.events import JOB_COMPLETED, STEP_COMPLETED, TASK_STARTED
+from pixstream import kafka
+from pixstream.events import JOB_COMPLETED, STEP_COMPLETED, TASK_STARTED, CloudEvent
 from pixstream.ownership import with_tenant
 from pixstream.settings import Settings
 from pixstream.storage import open_storage, s3_client
+from pixstream.topics import op_topic
 from tests.e2e.conftest import Pipeline, running_pipeline
 from tests.harness import (
     CONTRACT_STEPS,
@@ -148,6 +151,30 @@ async def test_a_source_stored_without_a_sha256_is_read_and_still_reused(
     assert {out["reused_from"] for out in done.data["outputs"].values()} == {first}
     assert pipeline.watcher.of_type(second, TASK_STARTED)  # the op agent read and hashed it
     assert await renders(port) == before
+
+
+async def test_a_task_carries_the_sha256_the_endpoint_kept(reuse: tuple[Pipeline, int]) -> None:
+    pipeline, _ = reuse
+    source = jpeg_bytes((800, 500), color=(90, 160, 60))
+    job = await submit(pipeline.settings, source, tenant=TENANT)
+    await pipeline.watcher.wait_terminal([job])
+    # The op agent keys render once by it rather than hashing the bytes again.
+    task = await _task_of(pipeline.settings, job)
+    assert task["source_sha256"] == hashlib.sha256(source).hexdigest()
+
+
+async def _task_of(settings: Settings, job: str) -> dict[str, Any]:
+    """The data of `job`'s task on the resize op topic (the contract spec's first step)."""
+    topic = settings.topic(op_topic("resize", "interactive"))
+    async with kafka.open_consumer(settings, topic, group_id=None) as consumer:
+        while True:
+            batch = await consumer.getmany(timeout_ms=5000)
+            assert batch, f"no task for job {job} on {topic}"
+            for records in batch.values():
+                for record in records:
+                    if record.key == job.encode():
+                        data: dict[str, Any] = CloudEvent.parse(record.value).data
+                        return data
 
 
 async def _kept(pipeline: Pipeline) -> bool:
