@@ -108,8 +108,12 @@ async def plan_job(res: Resources, message: Message[JobRequested]) -> None:
     and send its DAG as one task to the op topic of its first step."""
     request, event = message.data, message.event
     tenant = ownership.tenant_of(event)
-    if message.record.header(REDRIVE) is None:
-        await _claim_job_id(res, message, tenant)
+    # Round trips at once (gather, not a task group: an error must reach the entry point as
+    # itself, to be classified, not wrapped in an ExceptionGroup): the job id's claim and the
+    # source's sha256 (render once); then the announcement and the index lookup.
+    digest, _ = await asyncio.gather(
+        _kept_sha256(res, request, tenant), _claim_job_id(res, message, tenant)
+    )
     spec = _validated_spec(res, request)
     key = await _source_object(res, request)
     accepted = request.model_copy(update={"steps": spec.steps, "source": SourceKey(key=key)})
@@ -117,10 +121,10 @@ async def plan_job(res: Resources, message: Message[JobRequested]) -> None:
         make_event(JOB_REQUESTED, accepted, source=event.source), tenant
     )
     plan = Plan.from_spec(spec)
-    async with asyncio.TaskGroup() as both:  # the announcement and the lookup, at once
-        both.create_task(res.emit(announced, key=request.job_id))
-        lookup = both.create_task(_lookup(res, request.job_id, tenant, plan, key))
-    digest, outputs = lookup.result()
+    _, outputs = await asyncio.gather(
+        res.emit(announced, key=request.job_id),
+        _retained(res, request.job_id, tenant, plan, digest),
+    )
     if outputs is not None:
         await _report_reused(res, request.job_id, plan, outputs)
         return
@@ -142,17 +146,21 @@ async def plan_job(res: Resources, message: Message[JobRequested]) -> None:
     )
 
 
-async def _lookup(
-    res: Resources, job_id: str, tenant: str, plan: Plan, source_key: str
-) -> tuple[str | None, dict[str, OutputInfo | MetadataOutput] | None]:
-    """The source's sha256 when the endpoint kept it, and every output copied when each one
-    is retained (render once)."""
-    if not reuse.applies(res, tenant):
-        return None, None
-    digest = await reuse.source_sha256(res, source_key)
-    if digest is None:
-        return None, None
-    return digest, await reuse.retained(res, job_id, tenant, plan, digest)
+async def _kept_sha256(res: Resources, request: JobRequested, tenant: str) -> str | None:
+    """The sha256 the endpoint kept for a `source.key` object this job may read, when its
+    tenant's outputs are reused (a HEAD); None otherwise."""
+    source = request.source
+    if not isinstance(source, SourceKey) or not reuse.applies(res, tenant):
+        return None
+    if not _readable(res, source.key):
+        return None  # refused below, and not to be looked at first
+    return await reuse.source_sha256(res, source.key)
+
+
+async def _retained(
+    res: Resources, job_id: str, tenant: str, plan: Plan, digest: str | None
+) -> dict[str, OutputInfo | MetadataOutput] | None:
+    return None if digest is None else await reuse.retained(res, job_id, tenant, plan, digest)
 
 
 async def _report_reused(
@@ -219,7 +227,10 @@ async def plan_retry(res: Resources, message: Message[JobRetried]) -> None:
 
 
 async def _claim_job_id(res: Resources, message: Message[JobRequested], tenant: str) -> None:
-    """The job id is this request's from now on, or JobIdConflict."""
+    """The job id is this request's from now on, or JobIdConflict. A re-drive's is (the
+    reconciler re-drives a job it found in PostgreSQL) is already this request's."""
+    if message.record.header(REDRIVE) is not None:
+        return
     request = message.data
     row = repository.NewJob.requested(request, tenant, ownership.request_digest(message.event))
 
@@ -283,12 +294,16 @@ async def _source_object(res: Resources, request: JobRequested) -> str:
 def _check_readable(res: Resources, key: str) -> None:
     """SourceForbidden unless jobs may read `key` (a retry is held to it too: a job refused
     its source must not read it when retried)."""
-    prefixes = res.settings.source_key_prefixes
-    if not key.startswith(tuple(prefixes)):
+    if not _readable(res, key):
+        prefixes = res.settings.source_key_prefixes
         raise errors.SourceForbidden(
             f"source.key {key!r} is outside the keys jobs may read "
             f"(they start with {', '.join(repr(p) for p in prefixes)})"
         )
+
+
+def _readable(res: Resources, key: str) -> bool:
+    return key.startswith(tuple(res.settings.source_key_prefixes))
 
 
 def _job_id_of(event: CloudEvent) -> str | None:
