@@ -2,7 +2,9 @@
 batch turn: `worker/lanes.py`): claim the job id for the request, validate it, make its
 source an object in the bucket, announce the job on the events topic, and send its DAG to
 the op topic of its first step as one task (docs/design.md says why one task carries the
-whole DAG).
+whole DAG). A job whose every output is retained for its tenant (render once: the source's
+sha256 is the checksum the endpoint kept) is answered here instead: its outputs copied and
+its steps reported, no task.
 
 The claim comes first: a request under the id of another job must not fail, announce or
 overwrite that job, so it is dead-lettered (`job_id_conflict`) before anything can answer
@@ -227,8 +229,8 @@ async def plan_retry(res: Resources, message: Message[JobRetried]) -> None:
 
 
 async def _claim_job_id(res: Resources, message: Message[JobRequested], tenant: str) -> None:
-    """The job id is this request's from now on, or JobIdConflict. A re-drive's is (the
-    reconciler re-drives a job it found in PostgreSQL) is already this request's."""
+    """The job id is this request's from now on, or JobIdConflict. A re-drive (the
+    reconciler's, of a job it found in PostgreSQL) holds it already."""
     if message.record.header(REDRIVE) is not None:
         return
     request = message.data
