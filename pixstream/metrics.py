@@ -121,6 +121,12 @@ REREADS: Final = Counter(
     "topic (a rebalance cleared the buffers, a relay deferred it, a handler gave it back).",
     ["topic"],
 )
+EXPIRED_UNHANDLED: Final = Counter(
+    "pixstream_expired_unhandled_total",
+    "Messages the broker deleted (retention) before a handler finished them, by topic: "
+    "lost; the consumer goes on from the log start. Alert on any.",
+    ["topic"],
+)
 REREADS_SKIPPED: Final = Counter(
     "pixstream_rereads_skipped_total",
     "Messages read again after a seek back that this process had handled already, by topic:"

@@ -258,6 +258,9 @@ class LedgerConsumer(faust_aiokafka.Consumer):
 
     @Service.timer(REREAD_CHECK_SECONDS)
     async def _reread_holes(self) -> None:
+        await self.reread_holes()
+
+    async def reread_holes(self) -> None:
         """Seek back to every dropped message, so the partition is read again from there
         (what comes after it again too: handled twice, harmlessly)."""
         fetched = self.fetched()
@@ -270,6 +273,9 @@ class LedgerConsumer(faust_aiokafka.Consumer):
             for tp, offset in self.ledger.holes(REREAD_AFTER_SECONDS, fetched).items()
             if tp in assignment
         }
+        if not holes:
+            return
+        holes = await self._within_log(holes)
         for tp, offset in holes.items():
             log.warning(
                 "offset %d of %s[%d] was dropped before a handler finished it; reading the "
@@ -279,8 +285,33 @@ class LedgerConsumer(faust_aiokafka.Consumer):
                 tp.partition,
             )
             metrics.REREADS.labels(topic=tp.topic).inc()
-        if holes:
-            await self._read_again_from(holes)  # restarts each hole's clock
+        await self._read_again_from(holes)  # restarts each hole's clock
+
+    async def _within_log(
+        self, offsets: Mapping[TP, int], starts: Mapping[TP, int] | None = None
+    ) -> dict[TP, int]:
+        """Each offset, or its partition's log start when the broker deleted it already
+        (retention): what is gone cannot be read again, and a commit waiting on it would
+        have the partition read again from the log start every few seconds for ever.
+        `starts`: the log starts, when just read."""
+        if starts is None:
+            starts = await self.earliest_offsets(*offsets)
+        found = {}
+        for tp, offset in offsets.items():
+            start = int(starts.get(tp, offset))
+            if offset < start:
+                log.error(
+                    "offsets %d to %d of %s[%d] were deleted by the broker (retention) before "
+                    "a handler finished them; going on from %d",
+                    offset,
+                    start - 1,
+                    tp.topic,
+                    tp.partition,
+                    start,
+                )
+                metrics.EXPIRED_UNHANDLED.labels(topic=tp.topic).inc(start - offset)
+            found[tp] = max(offset, start)
+        return found
 
     def fetch_states(self) -> dict[TP, FetchState]:
         """aiokafka's fetch state of each partition held with a known position. A read of
@@ -368,7 +399,7 @@ class LedgerConsumer(faust_aiokafka.Consumer):
 
     async def _group_positions(self, tps: Collection[TP]) -> dict[TP, int]:
         """The group's committed offset of each of `tps`, or the log start where there is
-        none: one request for the commits, one for the log starts."""
+        none or it is below it: one request for the commits, one for the log starts."""
         if not tps:
             return {}
         thread = self._thread
@@ -379,10 +410,11 @@ class LedgerConsumer(faust_aiokafka.Consumer):
             for tp in tps
             if (meta := committed.get(tp)) is not None and meta.offset >= 0
         }
-        if missing := [tp for tp in tps if tp not in positions]:
-            starts = await self.earliest_offsets(*missing)
-            positions.update((tp, int(starts[tp])) for tp in missing if tp in starts)
-        return positions
+        starts = await self.earliest_offsets(*tps)
+        positions.update(
+            (tp, int(starts[tp])) for tp in tps if tp not in positions and tp in starts
+        )
+        return await self._within_log(positions, starts)
 
     def _filter_tps_with_pending_acks(self, topics: Any = None) -> Iterator[TP]:
         return _partitions(list(self.ledger.pending()), topics)

@@ -4,7 +4,7 @@ starve a worker start their own with `running_pipeline`."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,12 +44,16 @@ async def running_pipeline(
     workdir: Path,
     *worker_args: str,
     extra_env: Mapping[str, str] | None = None,
+    before_start: Callable[[Settings], Awaitable[None]] | None = None,
     **updates: Any,
 ) -> AsyncIterator[Pipeline]:
-    """A database, declared topics, a running worker and a watcher; all gone afterwards."""
+    """A database, declared topics, a running worker and a watcher; all gone afterwards.
+    `before_start` is given the pipeline's settings once its topics exist."""
     url = await create_database(services, template)
     settings = isolated(services, url, **updates)
     await apply_topics(settings.kafka_bootstrap, load_topics(settings))
+    if before_start is not None:
+        await before_start(settings)
     worker = WorkerProcess(
         settings, workdir / f"worker-{settings.topic_prefix}.log", *worker_args, **(extra_env or {})
     ).start()

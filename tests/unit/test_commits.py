@@ -8,7 +8,7 @@ from typing import Any, cast
 
 import faust
 import pytest
-from aiokafka.structs import ConsumerRecord
+from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 from faust.types.tuples import Message
@@ -247,3 +247,73 @@ def test_what_was_handled_is_not_handled_again_when_its_partition_is_read_again(
     assert ledger.advance(TP0) == 13
     ledger.committed(TP0, 13)
     assert not ledger.already_handled(TP0, 12)  # below the commit: never delivered again
+
+
+def _consumer_at_log_start(app: faust.App, log_start: int) -> tuple[LedgerConsumer, list[Any]]:
+    """An unstarted ledger consumer holding TP0, whose broker deleted every offset below
+    `log_start` (retention); the seeks it makes are recorded."""
+    consumer = cast(LedgerConsumer, _consumer(app, LedgerTransport))
+    seeks: list[Any] = []
+
+    async def earliest_offsets(*tps: TP) -> dict[TP, int]:
+        return {tp: log_start for tp in tps}
+
+    async def read_again_from(offsets: Any) -> None:
+        seeks.append(dict(offsets))
+        for tp, offset in offsets.items():
+            consumer.ledger.reread_from(tp, offset)
+
+    patched = cast(Any, consumer)
+    patched.earliest_offsets = earliest_offsets
+    patched._read_again_from = read_again_from
+    patched.assignment = lambda: {TP0}
+    patched.fetched = lambda: {TP0: log_start + 1}
+    return consumer, seeks
+
+
+async def test_a_hole_the_broker_deleted_is_read_again_from_the_log_start_once(
+    app: faust.App,
+) -> None:
+    consumer, seeks = _consumer_at_log_start(app, log_start=50)
+    ledger = consumer.ledger
+    ledger.start(TP0, 10)  # the group's commit, since deleted
+    ledger.taken(TP0, 50)  # the fetcher reset to the log start
+    ledger.handled(TP0, 50)
+    ledger._parts[TP0].since -= 60
+    await consumer.reread_holes()
+    assert seeks == [{TP0: 50}]  # not 10: the broker no longer has it
+    ledger.handled(TP0, 50)
+    assert ledger.advance(TP0) == 51
+    await consumer.reread_holes()
+    assert seeks == [{TP0: 50}]  # and no hole any more
+
+
+async def test_a_hole_the_broker_still_has_is_read_again_from_itself(app: faust.App) -> None:
+    consumer, seeks = _consumer_at_log_start(app, log_start=5)
+    ledger = consumer.ledger
+    ledger.start(TP0, 10)
+    ledger.taken(TP0, 11)
+    ledger.handled(TP0, 11)
+    ledger._parts[TP0].since -= 60
+    await consumer.reread_holes()
+    assert seeks == [{TP0: 10}]
+
+
+async def test_a_commit_below_the_log_start_starts_the_ledger_at_the_log_start(
+    app: faust.App,
+) -> None:
+    consumer, _ = _consumer_at_log_start(app, log_start=50)
+
+    class Coordinator:
+        async def fetch_committed_offsets(self, tps: list[TP]) -> dict[TP, Any]:
+            return {TP0: OffsetAndMetadata(10, "")}
+
+    class Thread:
+        def _ensure_consumer(self) -> Any:
+            return type("Inner", (), {"_coordinator": Coordinator()})()
+
+        async def call_thread(self, fun: Any, *args: Any) -> Any:
+            return await fun(*args)
+
+    cast(Any, consumer)._thread = Thread()
+    assert await consumer._group_positions({TP0}) == {TP0: 50}
