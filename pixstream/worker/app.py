@@ -26,6 +26,7 @@ from pixstream.topics import TRACKER_TABLE, jobs_topic, lane_topics, load_topics
 from pixstream.worker import planner, steps
 from pixstream.worker.commits import LedgerConsumer, LedgerTransport
 from pixstream.worker.handling import Message, Route, deliver
+from pixstream.worker.jobtable import JobTable
 from pixstream.worker.lag import LagMonitor
 from pixstream.worker.lanes import GiveWay, Lanes
 from pixstream.worker.notifier import Deliveries, notify
@@ -152,13 +153,16 @@ def build_app(settings: Settings, ops: Sequence[str] | None = None) -> faust.App
             settings.worker_concurrency,
         )
 
-    jobs = app.Table(
-        TRACKER_TABLE,
+    jobs = JobTable(
+        app,
+        name=TRACKER_TABLE,
+        beacon=app.tables.beacon,
         default=None,
         partitions=partitions[settings.topic("events")],
         key_type=str,
         value_type=None,
     )
+    app.tables.add(jobs)
 
     pruner = TablePruner(jobs, partitions[settings.topic("events")], settings.prune_after_seconds)
 
@@ -169,7 +173,7 @@ def build_app(settings: Settings, ops: Sequence[str] | None = None) -> faust.App
         # One agent per topic, so "handled" means every consumer of the event is done: the
         # tracker (Faust table) and the notifier (webhook rows) here, the recorder
         # (PostgreSQL) when the batch it is in commits, while the agent goes on.
-        await asyncio.gather(track(res, jobs, message, app.producer.flush), notify(res, message))
+        await asyncio.gather(track(res, jobs, message, jobs.written), notify(res, message))
         pruner.after(message.record.partition)
 
     route = Route("lifecycle", LIFECYCLE_TYPES, lifecycle)
@@ -182,11 +186,9 @@ def build_app(settings: Settings, ops: Sequence[str] | None = None) -> faust.App
         async def recorded_and_tracked() -> None:
             await recorded
             # The tracker's table writes go to its changelog without waiting: the event is
-            # handled once the producer has sent what it holds, so a crash rarely commits
-            # past a step result the table rebuilt from the changelog never heard of. (Rarely:
-            # Faust's flush gives up on a message not sent within 0.1 s, and a batch that
-            # failed is not an error to it; the reconciler repairs what is left.)
-            await app.producer.flush()
+            # handled once the broker took the job's, so a crash never commits past a step
+            # result the table rebuilt from the changelog never heard of.
+            await jobs.written(record.key_text)
 
         return asyncio.ensure_future(recorded_and_tracked())
 

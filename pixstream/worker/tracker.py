@@ -30,7 +30,7 @@ async def track(
     res: Resources,
     table: Table,
     message: Message[Data],
-    flush_changelog: Callable[[], Awaitable[None]],
+    written: Callable[[str], Awaitable[None]],
 ) -> None:
     """Apply one event to its job's progress; emit the terminal event when it resolves."""
     data = message.data
@@ -45,7 +45,7 @@ async def track(
             await res.emit(make_event(event_type, terminal), key=data.job_id)
         return
     if isinstance(data, JobRetried):
-        await _reopen(res, table, data, flush_changelog)
+        await _reopen(res, table, data, written)
         return
     if not isinstance(data, StepCompleted | StepFailed):
         return  # terminal events (ours or the planner's) need nothing more
@@ -60,7 +60,7 @@ async def track(
     if not progress.record(data):
         log.debug("duplicate step result dropped", extra={"job_id": data.job_id, "step": data.step})
         return
-    await _settle(res, table, data.job_id, progress, flush_changelog)
+    await _settle(res, table, data.job_id, progress, written)
 
 
 async def _settle(
@@ -68,7 +68,7 @@ async def _settle(
     table: Table,
     job_id: str,
     progress: JobProgress,
-    flush_changelog: Callable[[], Awaitable[None]],
+    written: Callable[[str], Awaitable[None]],
 ) -> None:
     """Store the job's progress; when every output has its result, end the run once."""
     if not progress.resolved:
@@ -78,7 +78,7 @@ async def _settle(
     table[job_id] = progress.to_json()
     # The changelog must say "terminal" before the world hears it, so a crash right after
     # the emit cannot make a restarted tracker emit it again.
-    await flush_changelog()
+    await written(job_id)
     await res.emit(make_event(event_type, terminal), key=job_id)
     log.info("job %s", event_type.rsplit(".", 1)[1], extra={"job_id": job_id})
 
@@ -87,7 +87,7 @@ async def _reopen(
     res: Resources,
     table: Table,
     retried: JobRetried,
-    flush_changelog: Callable[[], Awaitable[None]],
+    written: Callable[[str], Awaitable[None]],
 ) -> None:
     """Start the retry's run; a redelivered retry of a run that already ended says its end
     again (same deterministic id), as a repeated job.requested does."""
@@ -101,4 +101,4 @@ async def _reopen(
         return
     log.info("job reopened for run %d", retried.run, extra={"job_id": retried.job_id})
     # Resolved already when every output was kept: no step result would come to end the run.
-    await _settle(res, table, retried.job_id, reopened, flush_changelog)
+    await _settle(res, table, retried.job_id, reopened, written)
