@@ -10,8 +10,8 @@ from __future__ import annotations
 import base64
 import logging
 import math
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any
 
 from aiobotocore.config import AioConfig
@@ -70,7 +70,7 @@ class Storage:
     async def put(self, key: str, data: bytes, content_type: str) -> None:
         """Store `data` with its SHA-256 checksum, which the endpoint checks against the bytes
         it received and keeps (`sha256`): what render once reads instead of the object."""
-        try:
+        with _classified(f"put {key}"):
             await self._client.put_object(
                 Bucket=self.bucket,
                 Key=key,
@@ -78,52 +78,32 @@ class Storage:
                 ContentType=content_type,
                 ChecksumAlgorithm="SHA256",
             )
-        except (ClientError, BotoCoreError) as exc:
-            raise TransientError(f"S3 put {key} failed: {exc}") from exc
 
     async def get(self, key: str, *, max_bytes: int | None = None) -> bytes:
-        try:
+        with _classified(f"get {key}", missing=key):
             resp = await self._client.get_object(Bucket=self.bucket, Key=key)
             if max_bytes is not None and resp["ContentLength"] > max_bytes:
                 raise SourceUnavailable(f"object {key} is larger than {max_bytes} bytes")
             async with resp["Body"] as body:
                 data: bytes = await body.read()
                 return data
-        except ClientError as exc:
-            if _error_code(exc) in _MISSING:
-                raise SourceUnavailable(f"object {key} does not exist") from exc
-            raise TransientError(f"S3 get {key} failed: {exc}") from exc
-        except BotoCoreError as exc:
-            raise TransientError(f"S3 get {key} failed: {exc}") from exc
 
     async def copy(self, source_key: str, key: str) -> None:
         """A server-side copy (CopyObject): the bytes never leave the endpoint.
         SourceUnavailable when `source_key` is gone (expired or deleted)."""
-        try:
+        with _classified(f"copy {source_key} to {key}", missing=source_key):
             await self._client.copy_object(
                 Bucket=self.bucket, Key=key, CopySource={"Bucket": self.bucket, "Key": source_key}
             )
-        except ClientError as exc:
-            if _error_code(exc) in _MISSING:
-                raise SourceUnavailable(f"object {source_key} does not exist") from exc
-            raise TransientError(f"S3 copy {source_key} to {key} failed: {exc}") from exc
-        except BotoCoreError as exc:
-            raise TransientError(f"S3 copy {source_key} to {key} failed: {exc}") from exc
 
     async def sha256(self, key: str) -> str | None:
         """The sha256 (hex) of the object's bytes as the endpoint checked them when they were
         stored (a HEAD: no bytes read); None when it keeps no whole-object SHA-256 (stored
         without one, or in parts). SourceUnavailable when there is no such object."""
-        try:
+        with _classified(f"head {key}", missing=key):
             head = await self._client.head_object(
                 Bucket=self.bucket, Key=key, ChecksumMode="ENABLED"
             )
-        except ClientError as exc:
-            if _error_code(exc) in _MISSING:
-                raise SourceUnavailable(f"object {key} does not exist") from exc
-            raise TransientError(f"S3 head {key} failed: {exc}") from exc
-        except BotoCoreError as exc:
-            raise TransientError(f"S3 head {key} failed: {exc}") from exc
         checksum = head.get("ChecksumSHA256")
         if checksum is None or head.get("ChecksumType", "FULL_OBJECT") != "FULL_OBJECT":
             return None
@@ -161,6 +141,20 @@ class Storage:
 async def open_storage(settings: Settings) -> AsyncIterator[Storage]:
     async with s3_client(settings) as client:
         yield Storage(client, settings)
+
+
+@contextmanager
+def _classified(what: str, *, missing: str | None = None) -> Iterator[None]:
+    """The endpoint's errors as PixStream's: `missing` (a key) not there is the input's
+    fault (SourceUnavailable), anything else is transient."""
+    try:
+        yield
+    except ClientError as exc:
+        if missing is not None and _error_code(exc) in _MISSING:
+            raise SourceUnavailable(f"object {missing} does not exist") from exc
+        raise TransientError(f"S3 {what} failed: {exc}") from exc
+    except BotoCoreError as exc:
+        raise TransientError(f"S3 {what} failed: {exc}") from exc
 
 
 def _error_code(exc: ClientError) -> str:

@@ -171,10 +171,10 @@ async def _feed(res: Emitted, table: dict[str, Any], type_: str, data: Data) -> 
     event = make_event(type_, data)
     record = Record("events", 0, 0, b"j1", event.to_bytes(), ())
 
-    async def flush() -> None:
+    async def written(job_id: str) -> None:  # the changelog write is on the broker
         return None
 
-    await track(res, table, Message(record, event, parse_data(event)), flush)  # type: ignore[arg-type]
+    await track(res, table, Message(record, event, parse_data(event)), written)  # type: ignore[arg-type]
 
 
 async def test_each_run_ends_once_with_its_own_terminal_event() -> None:
