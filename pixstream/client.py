@@ -92,8 +92,12 @@ class Client:
         terminal one the server ends the stream at (its current run's: a terminal event a
         retry followed does not end it); a dropped stream is resumed with Last-Event-ID, as
         browsers do."""
-        last, failures, ended = last_event_id, 0, False
+        last, failures = last_event_id, 0
         while True:
+            # Only this connection's last event says whether the server ended the stream at
+            # the end: one that breaks after a terminal event a retry followed, then ends
+            # at once (a server shutting down), has not.
+            ended = False
             headers = {"Accept": sse.CONTENT_TYPE, **self._auth}
             if last:
                 headers["Last-Event-ID"] = last
