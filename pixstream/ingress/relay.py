@@ -87,13 +87,19 @@ class OutboxRelay:
             with contextlib.suppress(Exception):  # else they wait for their lease to end
                 await self._settle([], [m.id for m in messages])
             raise
-        results = await asyncio.gather(
-            *(kafka.send(producer, m.topic, m.value, key=m.key) for m in messages),
-            return_exceptions=True,
-        )
-        sent = [m.id for m, r in zip(messages, results, strict=True) if r is None]
-        failed = [m.id for m, r in zip(messages, results, strict=True) if r is not None]
-        await self._settle(sent, failed)
+        try:
+            results = await asyncio.gather(
+                *(kafka.send(producer, m.topic, m.value, key=m.key) for m in messages),
+                return_exceptions=True,
+            )
+            sent = [m.id for m, r in zip(messages, results, strict=True) if r is None]
+            failed = [m.id for m, r in zip(messages, results, strict=True) if r is not None]
+            await self._settle(sent, failed)
+        except asyncio.CancelledError:
+            # The ingress is stopping: `drain` sends them again (a repeat is harmless
+            # downstream) rather than leave their rows leased to a process about to exit.
+            self._handed[:0] = messages
+            raise
         metrics.OUTBOX_PUBLISHED.inc(len(sent))
         if failed:
             first = next(r for r in results if r is not None)

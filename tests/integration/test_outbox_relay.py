@@ -5,6 +5,7 @@ its commit and its publish)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -63,3 +64,30 @@ async def test_a_handed_message_is_published_and_a_dead_writers_row_waits_for_it
     finally:
         await relay.drain()
     assert sorted(await published_keys(topics)) == ["orphan", "ours"]
+
+
+async def test_what_was_in_flight_when_the_relay_was_cancelled_is_published_by_the_drain(
+    topics: Settings, pool: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    relay = OutboxRelay(pool, topics)
+    relay.hand(await commit(pool, topics.topic("jobs"), "earlier"))
+    assert await relay.publish_once() == 1  # the producer is started, the first poll done
+    took = asyncio.Event()
+    take = relay._take
+
+    async def taken() -> list[outbox.Message]:
+        messages = await take()
+        took.set()
+        return messages
+
+    monkeypatch.setattr(relay, "_take", taken)
+    relay.hand(await commit(pool, topics.topic("jobs"), "in-flight"))
+    publishing = asyncio.create_task(relay.publish_once())
+    await took.wait()  # the task is now waiting on the broker's acknowledgement
+    publishing.cancel()  # the ingress stops
+    with pytest.raises(asyncio.CancelledError):
+        await publishing
+    await relay.drain()
+    async with pool.acquire() as conn:  # not left leased to a process about to exit
+        assert await conn.fetchval("SELECT count(*) FROM outbox") == 0
+    assert "in-flight" in await published_keys(topics)
