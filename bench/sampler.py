@@ -6,7 +6,12 @@ MinIO, the PostgreSQL postmaster and its backends), the benchmark's own ingress 
 supervisor, the worker processes below it and their render children below those; without
 a local stack, from the command name. Peak RSS is the kernel's high-water mark (VmHWM),
 exact where a sampled RSS would miss a render's short peak; sampled RSS is kept too.
-Children's CPU is counted in the children (utime + stime, never the parent's cutime).
+
+A group's CPU at a mark is the sum, over its processes alive then, of their own CPU (utime +
+stime) and of what their children that ended used (cutime + cstime, once reaped). A child
+that ends between two samples is so counted in full and once (its parent's total takes over
+from its own): counting the live processes alone lost the end of every render child that
+was recycled, and counted a child first seen after a mark with the CPU it had used before.
 """
 
 from __future__ import annotations
@@ -33,30 +38,23 @@ class Proc:
     started: int  # in clock ticks since boot: tells a reused pid from the process it replaced
     group: str
     label: str
-    cpu: list[tuple[float, float]] = field(default_factory=list)  # (when, CPU seconds so far)
     rss: list[tuple[float, int]] = field(default_factory=list)  # (when, RSS kB)
     peak_kb: int = 0
 
-    def cpu_at(self, when: float) -> float:
-        """CPU seconds used up to `when` (0 before it was first seen)."""
-        used = 0.0
-        for at, seconds in self.cpu:
-            if at > when:
-                break
-            used = seconds
-        return used
-
 
 def _stat(pid: int) -> tuple[str, int, float, int] | None:
-    """(command name, ppid, CPU seconds, start time) from /proc/<pid>/stat."""
+    """(command name, ppid, CPU seconds of it and its reaped children, start time) from
+    /proc/<pid>/stat."""
     try:
         raw = (_PROC / str(pid) / "stat").read_text()
     except OSError:
         return None
     name = raw[raw.index("(") + 1 : raw.rindex(")")]
     fields = raw[raw.rindex(")") + 2 :].split()
-    # fields[0] is field 3 (state): ppid is 4, utime 14, stime 15, starttime 22.
-    return name, int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICK, int(fields[19])
+    # fields[0] is field 3 (state): ppid is 4, utime 14, stime 15, cutime 16, cstime 17,
+    # starttime 22.
+    ticks = sum(int(f) for f in fields[11:15])
+    return name, int(fields[1]), ticks / _TICK, int(fields[19])
 
 
 def _memory(pid: int) -> tuple[int, int]:
@@ -103,6 +101,7 @@ class Sampler:
         self.interval = interval
         self.roots: dict[int, str] = {os.getpid(): "bench client"}
         self.procs: dict[tuple[int, int], Proc] = {}
+        self._totals: dict[float, dict[str, float]] = {}  # CPU seconds by group, at each sweep
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sampler", daemon=True)
@@ -141,17 +140,19 @@ class Sampler:
                 if entry.name.isdigit() and (stat := _stat(int(entry.name))) is not None:
                     stats[int(entry.name)] = stat
             parents = {pid: stat[1] for pid, stat in stats.items()}
+            totals: dict[str, float] = defaultdict(float)
             for pid, (name, _ppid, cpu, started) in stats.items():
                 proc = self.procs.get((pid, started))
                 if proc is None:
                     group, label = self._group(pid, name, parents)
                     proc = self.procs[(pid, started)] = Proc(pid, started, group, label)
-                proc.cpu.append((now, cpu))
+                totals[proc.group] += cpu
                 if proc.group in WATCHED:
                     rss, hwm = _memory(pid)
                     if rss:
                         proc.rss.append((now, rss))
                     proc.peak_kb = max(proc.peak_kb, hwm)
+            self._totals[now] = dict(totals)
             return now
 
     def _group(self, pid: int, name: str, parents: dict[int, int]) -> tuple[str, str]:
@@ -174,12 +175,9 @@ class Sampler:
 
     def cpu(self, start: float, end: float) -> dict[str, float]:
         """CPU seconds of each group between two marks."""
-        used: dict[str, float] = defaultdict(float)
         with self._lock:
-            for proc in self.procs.values():
-                if proc.cpu and proc.cpu[0][0] <= end and proc.cpu[-1][0] >= start:
-                    used[proc.group] += proc.cpu_at(end) - proc.cpu_at(start)
-        return dict(used)
+            before, after = self._totals[start], self._totals[end]
+        return {g: after.get(g, 0.0) - before.get(g, 0.0) for g in before.keys() | after.keys()}
 
     def watched(self) -> Iterator[Proc]:
         with self._lock:

@@ -1,15 +1,19 @@
-"""The benchmark suite's pure parts: its percentiles, ratios and table, and the py-spy summary."""
+"""The benchmark suite's pure parts: its percentiles, ratios and table, the py-spy summary, and
+the CPU sampler's accounting."""
 
 from __future__ import annotations
 
 import math
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from bench import pyspy
 from bench.report import per_job_ms, quantile, ratio, table
+from bench.sampler import Sampler
 
 
 @pytest.mark.parametrize("q", [0.05, 0.5, 0.95])
@@ -64,3 +68,14 @@ def test_pyspy_summary_splits_idle_busy_and_callbacks(tmp_path: Path) -> None:
     assert summary.callbacks["deliver (pixstream/worker/handling.py:90)"] == 30
     assert summary.functions["deliver (pixstream/worker/handling.py:90)"] == 30
     assert "main (x.py:1)" not in summary.functions
+
+
+def test_a_child_that_ends_between_two_samples_is_counted_in_full() -> None:
+    # A render child recycled between two samples: counting only the processes seen alive
+    # lost what it used after the last sample (here all of it: it is never seen).
+    with Sampler(interval=3600) as sampler:  # no sweep but the marks
+        start = sampler.mark()
+        burn = "import time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass"
+        subprocess.run([sys.executable, "-c", burn], check=True)  # ended and reaped by us
+        cpu = sampler.cpu(start, sampler.mark())
+    assert cpu["bench client"] >= 0.3
