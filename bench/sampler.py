@@ -101,7 +101,7 @@ class Sampler:
         self.interval = interval
         self.roots: dict[int, str] = {os.getpid(): "bench client"}
         self.procs: dict[tuple[int, int], Proc] = {}
-        self._totals: dict[float, dict[str, float]] = {}  # CPU seconds by group, at each sweep
+        self._marks: dict[float, dict[str, float]] = {}  # CPU seconds by group, at each mark
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sampler", daemon=True)
@@ -126,13 +126,17 @@ class Sampler:
 
     def mark(self) -> float:
         """Sample now and return the time of that sample (a phase boundary)."""
-        return self.sweep()
+        now, totals = self.sweep()
+        with self._lock:
+            self._marks[now] = totals
+        return now
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             self.sweep()
 
-    def sweep(self) -> float:
+    def sweep(self) -> tuple[float, dict[str, float]]:
+        """Read every process once: its time and each group's CPU seconds so far."""
         with self._lock:
             now = time.perf_counter()
             stats = {}
@@ -152,8 +156,7 @@ class Sampler:
                     if rss:
                         proc.rss.append((now, rss))
                     proc.peak_kb = max(proc.peak_kb, hwm)
-            self._totals[now] = dict(totals)
-            return now
+            return now, dict(totals)
 
     def _group(self, pid: int, name: str, parents: dict[int, int]) -> tuple[str, str]:
         chain = [pid]
@@ -176,7 +179,7 @@ class Sampler:
     def cpu(self, start: float, end: float) -> dict[str, float]:
         """CPU seconds of each group between two marks."""
         with self._lock:
-            before, after = self._totals[start], self._totals[end]
+            before, after = self._marks[start], self._marks[end]
         return {g: after.get(g, 0.0) - before.get(g, 0.0) for g in before.keys() | after.keys()}
 
     def watched(self) -> Iterator[Proc]:
