@@ -3,8 +3,8 @@ the stream drops or ends early (the ingress side is tested end to end in tests/e
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Callable, Coroutine
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -13,20 +13,16 @@ from aiohttp.test_utils import TestServer
 
 from pixstream import sse
 from pixstream.client import Client
+from pixstream.events import CloudEvent
 
 Handler = Callable[[web.Request], Coroutine[Any, Any, web.StreamResponse]]
 
 
 def frame(event_id: str, event_type: str) -> bytes:
-    event = {
-        "specversion": "1.0",
-        "id": event_id,
-        "source": "/test",
-        "type": event_type,
-        "time": "2026-12-03T00:00:00Z",
-        "data": {"job_id": "j1"},
-    }
-    return sse.frame(event_id, event_type, json.dumps(event))
+    event = CloudEvent(
+        id=event_id, source="/test", type=event_type, time=datetime.now(UTC), data={"job_id": "j1"}
+    )
+    return sse.frame(event_id, event_type, event.model_dump_json())
 
 
 @pytest.fixture
