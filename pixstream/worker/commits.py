@@ -313,9 +313,10 @@ class LedgerConsumer(faust_aiokafka.Consumer):
             found[tp] = max(offset, start)
         return found
 
-    def fetch_states(self) -> dict[TP, FetchState]:
-        """aiokafka's fetch state of each partition held with a known position. A read of
-        the consumer thread's state from this one: it only ever replaces these values."""
+    def fetch_states(self, topics: Collection[str] | None = None) -> dict[TP, FetchState]:
+        """aiokafka's fetch state of each partition held with a known position (of `topics`
+        only, when given). A read of the consumer thread's state from this one: it only
+        ever replaces these values."""
         try:
             tps = self.assignment()
             states = self._thread._ensure_consumer()._subscription.subscription.assignment
@@ -323,6 +324,8 @@ class LedgerConsumer(faust_aiokafka.Consumer):
             return {}
         found = {}
         for tp in tps:
+            if topics is not None and tp.topic not in topics:
+                continue
             state = states.state_value(tp)
             # A reset on the consumer's thread between the check and the read trips the
             # position's assertion: that partition is left out of this look.
