@@ -8,6 +8,8 @@ kernel.yama.ptrace_scope 0).
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import shutil
 import signal
@@ -28,8 +30,24 @@ _FLAGS = ("--format", "raw", "--threads", "--idle", "--function", "--nonblocking
 _FRAME = re.compile(r"^(?P<function>.+?) \((?P<file>[^:)]+)(:\d+)?\)$")
 
 
+def thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds (user + system) each thread of `pid` has used, from /proc: the ground
+    truth the samples' shares are read against. py-spy's `--nonblocking` samples may show a
+    thread in the selector while the kernel says it ran: on a reused-job stream (session 11)
+    they put the loop at 86% idle when /proc had its thread busy about 60% of the time."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    found = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            stat = (task / "stat").read_text()
+            fields = stat[stat.rindex(")") + 2 :].split()
+            found[int(task.name)] = (int(fields[11]) + int(fields[12])) / ticks
+    return found
+
+
 class Recording:
-    """`py-spy record` of `pid` into `out` (raw collapsed stacks) until stop()."""
+    """`py-spy record` of `pid` into `out` (raw collapsed stacks) until stop(), and the CPU
+    each of its threads used meanwhile (`cpu`, seconds by thread id)."""
 
     def __init__(self, pid: int, out: Path, rate: int = 100) -> None:
         exe = shutil.which("py-spy") or shutil.which(
@@ -38,6 +56,9 @@ class Recording:
         if exe is None:
             raise SystemExit("py-spy is not installed: pip install -e '.[dev]'")
         self.out = out
+        self.pid = pid
+        self.cpu: dict[int, float] = {}
+        self._cpu_at_start = thread_cpu(pid)
         self.proc = subprocess.Popen(
             [exe, "record", "--pid", str(pid), "--rate", str(rate), *_FLAGS, "--output", str(out)],
             stdout=subprocess.DEVNULL,
@@ -46,6 +67,8 @@ class Recording:
 
     def stop(self) -> None:
         """SIGINT makes py-spy write what it has."""
+        now = thread_cpu(self.pid)
+        self.cpu = {tid: now[tid] - self._cpu_at_start.get(tid, 0.0) for tid in now}
         self.proc.send_signal(signal.SIGINT)
         _, err = self.proc.communicate(timeout=60)
         if not self.out.exists():
@@ -61,6 +84,7 @@ class Loop:
     packages: Counter[str] = field(default_factory=Counter)  # busy samples by innermost package
     callbacks: Counter[str] = field(default_factory=Counter)  # busy samples by what the loop ran
     functions: Counter[str] = field(default_factory=Counter)  # busy samples, inclusive
+    threads: dict[str, float] = field(default_factory=dict)  # CPU seconds by thread, /proc
 
     def share(self, count: int) -> float:
         return count / self.samples if self.samples else 0.0
@@ -75,12 +99,19 @@ def _package(frame: str) -> str:
     return head.removesuffix(".py") or match["file"]
 
 
-def summarise(path: Path) -> Loop:
-    """Read py-spy's raw output (`thread (tid): name;frame;...;frame count` per stack)."""
+_THREAD = re.compile(r"^thread \((?P<tid>\d+)\): (?P<name>.*)$")
+
+
+def summarise(path: Path, cpu: dict[int, float] | None = None) -> Loop:
+    """Read py-spy's raw output (`thread (tid): name;frame;...;frame count` per stack), with
+    `cpu` (a Recording's) named by the threads the samples name."""
     loop = Loop()
+    names: dict[int, str] = {}
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         thread, _, frames_text = stack.partition(";")
+        if (named := _THREAD.match(thread)) is not None:
+            names[int(named["tid"])] = named["name"]
         if not thread.endswith(": MainThread"):
             continue
         frames, samples = frames_text.split(";"), int(count)
@@ -98,4 +129,6 @@ def summarise(path: Path) -> Loop:
         loop.callbacks[inner[0]] += samples
         for name in dict.fromkeys(inner):  # inclusive: once per sample however deep
             loop.functions[name] += samples
+    for tid, seconds in sorted((cpu or {}).items(), key=lambda t: -t[1]):
+        loop.threads[f"{names.get(tid, 'unsampled')} ({tid})"] = seconds
     return loop

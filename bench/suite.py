@@ -196,7 +196,7 @@ async def profiled(
     phase, _ = await measured(sampler, "profile", jobs, lambda: kafka_burst(stage, photos, jobs))
     await asyncio.to_thread(recording.stop)
     print(f"py-spy samples: {out}", flush=True)
-    return pyspy.summarise(out), phase
+    return pyspy.summarise(out, recording.cpu), phase
 
 
 def cpu_model() -> str:
@@ -322,6 +322,11 @@ def profile_summary(loop: pyspy.Loop, top: int = 15) -> str:
     lines = [
         f"py-spy, the first worker process's event loop: {loop.samples} samples, idle "
         f"{loop.share(loop.idle):.0%}, busy {loop.share(busy):.0%}.",
+        "",
+        table(
+            ["thread", "CPU during the burst (s, from /proc)"],
+            [[name, f"{seconds:.2f}"] for name, seconds in loop.threads.items() if seconds],
+        ),
         "",
         table(
             ["innermost package (busy samples)", "share of all samples"],

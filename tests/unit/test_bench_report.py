@@ -4,9 +4,12 @@ the CPU sampler's accounting."""
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -62,12 +65,35 @@ def test_pyspy_summary_splits_idle_busy_and_callbacks(tmp_path: Path) -> None:
         "Sender._sender_routine (aiokafka/producer/sender.py:1) 10\n"
         "thread (2): Thread-1;run (threading.py:1);wait (threading.py:2) 99\n"
     )
-    summary = pyspy.summarise(raw)
+    summary = pyspy.summarise(raw, {1: 0.5, 2: 0.25, 3: 0.0})
+    assert summary.threads == {"MainThread (1)": 0.5, "Thread-1 (2)": 0.25, "unsampled (3)": 0.0}
     assert (summary.samples, summary.idle) == (100, 60)
     assert summary.packages == {"json": 30, "aiokafka": 10}
     assert summary.callbacks["deliver (pixstream/worker/handling.py:90)"] == 30
     assert summary.functions["deliver (pixstream/worker/handling.py:90)"] == 30
     assert "main (x.py:1)" not in summary.functions
+
+
+def test_thread_cpu_counts_what_each_thread_used() -> None:
+    burnt, done = threading.Event(), threading.Event()
+
+    def burn() -> None:
+        end = time.thread_time() + 0.3
+        while time.thread_time() < end:
+            pass
+        burnt.set()
+        done.wait()  # alive, so /proc still lists it
+
+    worker = threading.Thread(target=burn)
+    worker.start()
+    try:
+        assert burnt.wait(10)
+        cpu = pyspy.thread_cpu(os.getpid())
+    finally:
+        done.set()
+        worker.join()
+    assert worker.native_id is not None
+    assert cpu[worker.native_id] >= 0.25  # clock ticks: 10 ms each
 
 
 def test_a_child_that_ends_between_two_samples_is_counted_in_full() -> None:
