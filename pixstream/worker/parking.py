@@ -5,7 +5,7 @@ end is read every PROBE_SECONDS instead; it is fetched again once the broker has
 Why: aiokafka puts every partition it fetches in every fetch request and reads every one
 back (it has no KIP-227 fetch sessions), a worker holds about 117, and each message a job
 sends costs the worker a fetch. The ~60 slow partitions, nearly always empty, were paid for
-by every job: parked, a reused job's worker CPU and latency drop by about a sixth
+by every job: parked, a reused job costs the worker about a tenth less CPU
 (docs/benchmarks.md, session 11). What reaches a parked partition waits at most
 PROBE_SECONDS longer: less than the shortest retry delay, and nothing batch work notices.
 
@@ -33,6 +33,12 @@ class Parking:
         self.topics = frozenset(topics)
         self._clock = clock
         self._parked: set[TP] = set()
+        # Unparked by a probe, with the end it saw: kept out of parking until a fetch has
+        # reached that end. The fetch state still says "caught up" until then, and the
+        # fetcher adds a resumed partition to its next request only, after the one in
+        # flight (a long poll of up to 1.5 s on an idle topic): parked again at the next
+        # tick, the partition would miss every request.
+        self._woken: dict[TP, int] = {}
         self._probed = clock()
 
     def parked(self, tp: TP) -> bool:
@@ -45,8 +51,15 @@ class Parking:
         """Park the partitions of `topics` the fetcher has caught up with; forget those no
         longer held (`states`: the fetcher's, of the partitions held now)."""
         self._parked.intersection_update(states)
+        self._woken = {tp: end for tp, end in self._woken.items() if tp in states}
         for tp, state in states.items():
-            if tp.topic in self.topics and state.highwater == state.position:
+            if tp.topic not in self.topics or state.highwater is None:
+                continue
+            if tp in self._woken:
+                if state.highwater < self._woken[tp]:
+                    continue  # not fetched since the probe woke it
+                del self._woken[tp]
+            if state.highwater == state.position:
                 self._parked.add(tp)
 
     def to_probe(self) -> list[TP]:
@@ -62,7 +75,9 @@ class Parking:
             state = states.get(tp)
             if state is None or end > state.position:
                 self._parked.discard(tp)
+                self._woken[tp] = end
 
     def clear(self) -> None:
         """A rebalance: the next assignment is fetched from the start, unparked."""
         self._parked.clear()
+        self._woken.clear()

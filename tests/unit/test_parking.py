@@ -58,3 +58,20 @@ def test_a_partition_no_longer_held_or_a_rebalance_is_forgotten() -> None:
     assert (p.parked(RETRY), p.parked(BATCH), p.count()) == (False, True, 1)
     p.clear()
     assert p.count() == 0
+
+
+def test_a_woken_partition_stays_unparked_until_a_fetch_reaches_the_end_the_probe_saw() -> None:
+    # The fetch state says "caught up" until the fetcher's next request, which may be a
+    # long poll away: parked again at once, the partition would never be fetched.
+    clock = Clock()
+    p = _parking(clock)
+    caught_up = {RETRY: FetchState(position=4, highwater=4, paused=True)}
+    p.update(caught_up)
+    clock.now += PROBE_SECONDS
+    p.probed({RETRY: 6}, caught_up)  # two records arrived
+    p.update(caught_up)  # no fetch yet: the state is the old one
+    assert not p.parked(RETRY)
+    p.update({RETRY: FetchState(position=5, highwater=6, paused=False)})  # fetching them
+    assert not p.parked(RETRY)
+    p.update({RETRY: FetchState(position=6, highwater=6, paused=False)})  # caught up again
+    assert p.parked(RETRY)
