@@ -76,10 +76,6 @@ LANE_LAG: Final = Gauge(
     "pixstream.op.<op>.batch).",
     ["lane"],
 )
-PARKED_PARTITIONS: Final = Gauge(
-    "pixstream_parked_partitions",
-    "Batch and retry partitions this worker's fetcher leaves out while they have nothing waiting.",
-)
 LANE_PAUSED: Final = Gauge(
     "pixstream_lane_paused",
     "1 while this worker holds its batch lane back (interactive work in flight or waiting).",

@@ -127,7 +127,6 @@ def build_app(settings: Settings, ops: Sequence[str] | None = None) -> faust.App
         lane_topics(settings, INTERACTIVE, chosen),
         lane_topics(settings, BATCH, chosen),
         lambda: res.stopping,
-        slow=[settings.topic(tier.name) for tier in TIERS],
         loop=res.loop,
     )
     app.add_dependency(lanes)

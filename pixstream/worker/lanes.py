@@ -10,9 +10,7 @@ Two mechanisms, one for throughput and one for the bound:
   position, the batch partitions (requests and tasks) are paused in aiokafka's fetcher
   (nothing more is fetched for them, and nothing fetched is lost), otherwise resumed. A
   rebalance gives the fetcher a new, unpaused assignment, so the state is asserted again on
-  every tick rather than set once. The same tick parks the batch and retry partitions that
-  have nothing waiting (`worker/parking.py`), so the fetch every message costs leaves them
-  out.
+  every tick rather than set once.
 - `batch_turn` is the gate every batch request and task passes before it is handled: one at
   a time per worker, and only while the interactive lane is idle. Messages fetched before a
   pause wait there instead of running, so an interactive request or task that arrives while
@@ -34,7 +32,6 @@ from mode import Service
 from pixstream import metrics
 from pixstream.worker.commits import FetchState
 from pixstream.worker.handling import Message, Route
-from pixstream.worker.parking import Parking
 
 log = logging.getLogger(__name__)
 
@@ -55,16 +52,13 @@ class Lanes(Service):
         interactive: Iterable[str],
         batch: Iterable[str],
         stopping: Callable[[], bool],
-        slow: Iterable[str] = (),
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self._app = app
         self._interactive = frozenset(interactive)
         self._batch = frozenset(batch)
-        # The batch topics and `slow` ones (the retry tiers) are parked while quiet.
-        self._parking = Parking(self._batch | frozenset(slow))
-        self._steered = self._interactive | self._parking.topics
+        self._steered = self._interactive | self._batch
         self._stopping = stopping
         self._in_flight = 0  # interactive requests and tasks being handled in this worker
         self._idle = asyncio.Event()
@@ -137,7 +131,6 @@ class Lanes(Service):
             # A rebalance gives aiokafka a new assignment, unpaused; the first tick after it
             # pauses the batch partitions again if interactive work waits.
             self._idle.clear()
-            self._parking.clear()
             return
         # Empty before the consumer starts (the timer starts with the app) and between
         # assignments.
@@ -145,23 +138,13 @@ class Lanes(Service):
         busy = self.waiting(states)
         if busy:
             self._idle.clear()
-        self._parking.update(states)
-        if probe := self._parking.to_probe():
-            self._parking.probed(await consumer.highwaters(*probe), states)
         # Paused where the fetcher is, never in Faust's fetch loop (see
         # `LedgerConsumer.hold_fetching`): a pause there skips what was already fetched.
-        pause: list[TP] = []
-        resume: list[TP] = []
-        for tp, state in states.items():
-            held = (busy and tp.topic in self._batch) or self._parking.parked(tp)
-            if state.paused != held:
-                (pause if held else resume).append(tp)
-        await consumer.hold_fetching(pause, True)
-        await consumer.hold_fetching(resume, False)
-        metrics.PARKED_PARTITIONS.set(self._parking.count())
+        change = [tp for tp, s in states.items() if tp.topic in self._batch and s.paused != busy]
+        await consumer.hold_fetching(change, busy)
         if not busy:
             self._idle.set()
         if busy != self._paused:
             self._paused = busy
-            log.debug("batch lane %s", "held back" if busy else "free")
+            log.debug("batch lane %s", "paused" if busy else "resumed")
         metrics.LANE_PAUSED.labels(lane="batch").set(1 if busy else 0)

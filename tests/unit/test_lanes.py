@@ -15,11 +15,9 @@ from faust.types import TP
 
 from pixstream.events import CloudEvent, JobRequested, JobRetried
 from pixstream.ops import OPERATIONS
-from pixstream.redelivery import TIERS
 from pixstream.settings import Settings
 from pixstream.spec import BATCH, INTERACTIVE
 from pixstream.topics import jobs_topic, lane_of, lane_topics, load_topics, op_topic
-from pixstream.worker import parking
 from pixstream.worker.commits import FetchState
 from pixstream.worker.handling import Message, Route
 from pixstream.worker.lag import lane_lag
@@ -117,10 +115,8 @@ class Consumer:
 
     def __init__(self, assigned: list[TP]) -> None:
         self.assigned = assigned
-        self.marks: dict[TP, tuple[int, int]] = {tp: (0, 0) for tp in assigned}  # position, end
+        self.marks: dict[TP, tuple[int, int]] = {tp: (0, 0) for tp in assigned}
         self.paused: set[TP] = set()
-        self.ends: dict[TP, int] = {}  # the broker's end, where it moved since the last fetch
-        self.probes: list[list[TP]] = []
 
     def assignment(self) -> set[TP]:
         return set(self.assigned)
@@ -131,10 +127,6 @@ class Consumer:
             for tp in self.assigned
             if topics is None or tp.topic in topics
         }
-
-    async def highwaters(self, *tps: TP) -> dict[TP, int]:
-        self.probes.append(list(tps))
-        return {tp: self.ends.get(tp, self.marks[tp][1]) for tp in tps}
 
     async def hold_fetching(self, tps: list[TP], held: bool) -> None:
         if held:
@@ -151,7 +143,6 @@ def _lanes(consumer: Consumer) -> Lanes:
         lane_topics(SETTINGS, INTERACTIVE, ["crop"]),
         lane_topics(SETTINGS, BATCH, ["crop"]),
         lambda: False,
-        slow=[SETTINGS.topic(tier.name) for tier in TIERS],
         loop=asyncio.get_running_loop(),
     )
 
@@ -160,8 +151,6 @@ async def test_an_interactive_request_waiting_pauses_the_batch_requests_and_task
     names = ("t.jobs", "t.jobs.batch", "t.op.crop", "t.op.crop.batch", "t.events")
     assigned = [TP(t, 0) for t in names]
     consumer = Consumer(assigned)
-    # Batch work waiting: held back, never parked.
-    consumer.marks.update({TP("t.jobs.batch", 0): (2, 7), TP("t.op.crop.batch", 0): (0, 3)})
     lanes = _lanes(consumer)
     await lanes.steer()
     assert consumer.paused == set()
@@ -175,7 +164,6 @@ async def test_an_interactive_request_waiting_pauses_the_batch_requests_and_task
 
 async def test_an_interactive_request_in_flight_holds_the_batch_turn() -> None:
     consumer = Consumer([TP("t.jobs.batch", 0), TP("t.op.crop.batch", 1)])
-    consumer.marks = {tp: (0, 2) for tp in consumer.assigned}  # batch work waiting
     lanes = _lanes(consumer)
     await lanes.steer()  # idle: the batch turn is open
     order: list[str] = []
@@ -221,23 +209,3 @@ async def test_a_steering_tick_that_fails_is_logged_not_raised(
     lanes = _lanes(consumer)
     await lanes.tick()
     assert "steering the batch lane failed" in caplog.text
-
-
-async def test_quiet_batch_and_retry_partitions_are_parked_and_fetched_again_when_one_fills(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    jobs, batch_jobs, crop_batch = TP("t.jobs", 0), TP("t.jobs.batch", 0), TP("t.op.crop.batch", 0)
-    retry, events, crop = TP("t.retry.5s", 0), TP("t.events", 0), TP("t.op.crop", 0)
-    consumer = Consumer([jobs, batch_jobs, crop_batch, retry, events, crop])
-    consumer.marks.update({batch_jobs: (3, 3), crop_batch: (2, 7), retry: (4, 4)})
-    lanes = _lanes(consumer)
-    await lanes.steer()
-    # Caught up: parked. The batch partition with work waiting, and the interactive and
-    # events partitions (caught up too), are fetched.
-    assert consumer.paused == {batch_jobs, retry}
-    assert consumer.probes == []  # not a second since the last look
-    monkeypatch.setattr(parking, "PROBE_SECONDS", 0.0)
-    consumer.ends[retry] = 5  # a record parked for a retry arrives
-    await lanes.steer()
-    assert consumer.probes == [[batch_jobs, retry]]
-    assert consumer.paused == {batch_jobs}
