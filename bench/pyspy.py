@@ -8,8 +8,6 @@ kernel.yama.ptrace_scope 0).
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
 import shutil
 import signal
@@ -18,6 +16,8 @@ import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from bench.sampler import stat_fields, ticks_to_seconds
 
 #: A sample whose innermost frame is the selector's wait: the loop has nothing to run.
 _IDLE = re.compile(r"^\S*select \(selectors\.py")
@@ -35,13 +35,11 @@ def thread_cpu(pid: int) -> dict[int, float]:
     truth the samples' shares are read against. py-spy's `--nonblocking` samples may show a
     thread in the selector while the kernel says it ran: on a reused-job stream (session 11)
     they put the loop at 86% idle when /proc had its thread busy about 60% of the time."""
-    ticks = os.sysconf("SC_CLK_TCK")
     found = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(OSError):  # a thread that ended meanwhile
-            stat = (task / "stat").read_text()
-            fields = stat[stat.rindex(")") + 2 :].split()
-            found[int(task.name)] = (int(fields[11]) + int(fields[12])) / ticks
+        if (stat := stat_fields(task / "stat")) is not None:  # None: the thread ended
+            _, fields = stat
+            found[int(task.name)] = ticks_to_seconds(int(fields[11]) + int(fields[12]))
     return found
 
 

@@ -42,19 +42,31 @@ class Proc:
     peak_kb: int = 0
 
 
+def stat_fields(path: Path) -> tuple[str, list[str]] | None:
+    """(command name, the fields after it) of a /proc `stat` file, a process's or a
+    thread's (`/proc/<pid>/task/<tid>/stat`); None when it is gone. The fields list starts
+    at field 3 (state): ppid is [1], utime [11], stime [12], cutime [13], cstime [14],
+    starttime [19]."""
+    try:
+        raw = path.read_text()
+    except OSError:
+        return None
+    return raw[raw.index("(") + 1 : raw.rindex(")")], raw[raw.rindex(")") + 2 :].split()
+
+
+def ticks_to_seconds(ticks: int) -> float:
+    return ticks / _TICK
+
+
 def _stat(pid: int) -> tuple[str, int, float, int] | None:
     """(command name, ppid, CPU seconds of it and its reaped children, start time) from
     /proc/<pid>/stat."""
-    try:
-        raw = (_PROC / str(pid) / "stat").read_text()
-    except OSError:
+    found = stat_fields(_PROC / str(pid) / "stat")
+    if found is None:
         return None
-    name = raw[raw.index("(") + 1 : raw.rindex(")")]
-    fields = raw[raw.rindex(")") + 2 :].split()
-    # fields[0] is field 3 (state): ppid is 4, utime 14, stime 15, cutime 16, cstime 17,
-    # starttime 22.
+    name, fields = found
     ticks = sum(int(f) for f in fields[11:15])
-    return name, int(fields[1]), ticks / _TICK, int(fields[19])
+    return name, int(fields[1]), ticks_to_seconds(ticks), int(fields[19])
 
 
 def _memory(pid: int) -> tuple[int, int]:

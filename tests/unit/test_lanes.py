@@ -118,9 +118,6 @@ class Consumer:
         self.marks: dict[TP, tuple[int, int]] = {tp: (0, 0) for tp in assigned}
         self.paused: set[TP] = set()
 
-    def assignment(self) -> set[TP]:
-        return set(self.assigned)
-
     def fetch_states(self, topics: Collection[str] | None = None) -> dict[TP, FetchState]:
         return {
             tp: FetchState(*self.marks[tp], tp in self.paused)
