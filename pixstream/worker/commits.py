@@ -43,6 +43,7 @@ from mode import Service
 from mode.utils.futures import notify
 
 from pixstream import metrics
+from pixstream.worker.consumerloop import LoopConsumerThread
 
 log = logging.getLogger(__name__)
 
@@ -230,6 +231,9 @@ class LedgerConsumer(faust_aiokafka.Consumer):
 
         self.callback = received
 
+    def _new_consumer_thread(self) -> LoopConsumerThread:
+        return LoopConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
     def ack(self, message: Any) -> bool:
         # Faust's own bookkeeping of an ack (what `wait_empty` waits for during a rebalance),
         # without recording the offset as committable: only `handled()` does that.
@@ -315,8 +319,7 @@ class LedgerConsumer(faust_aiokafka.Consumer):
 
     def fetch_states(self, topics: Collection[str] | None = None) -> dict[TP, FetchState]:
         """aiokafka's fetch state of each partition held with a known position (of `topics`
-        only, when given). A read of the consumer thread's state from this one: it only
-        ever replaces these values."""
+        only, when given)."""
         try:
             tps = self.assignment()
             states = self._thread._ensure_consumer()._subscription.subscription.assignment
@@ -327,11 +330,8 @@ class LedgerConsumer(faust_aiokafka.Consumer):
             if topics is not None and tp.topic not in topics:
                 continue
             state = states.state_value(tp)
-            # A reset on the consumer's thread between the check and the read trips the
-            # position's assertion: that partition is left out of this look.
-            with contextlib.suppress(AssertionError):
-                if state is not None and state.has_valid_position:
-                    found[tp] = FetchState(state.position, state.highwater, state.paused)
+            if state is not None and state.has_valid_position:
+                found[tp] = FetchState(state.position, state.highwater, state.paused)
         return found
 
     def fetched(self) -> dict[TP, int]:
@@ -348,15 +348,11 @@ class LedgerConsumer(faust_aiokafka.Consumer):
         if not change:
             return
         inner = self._thread._ensure_consumer()
-
-        async def apply() -> None:  # on the consumer's thread, which owns its futures
-            # The assignment may have changed since the list was made (a rebalance began):
-            # aiokafka refuses a partition it no longer holds.
-            current = inner.assignment()
-            with contextlib.suppress(IllegalStateError):
-                (inner.pause if held else inner.resume)(*(tp for tp in change if tp in current))
-
-        await self._thread.call_thread(apply)
+        # The assignment may have changed since the list was made (a rebalance began):
+        # aiokafka refuses a partition it no longer holds.
+        current = inner.assignment()
+        with contextlib.suppress(IllegalStateError):
+            (inner.pause if held else inner.resume)(*(tp for tp in change if tp in current))
 
     async def force_commit(self, topics: Any = None, start_new_transaction: bool = True) -> bool:
         await self._learn_bases()
@@ -405,9 +401,8 @@ class LedgerConsumer(faust_aiokafka.Consumer):
         none or it is below it: one request for the commits, one for the log starts."""
         if not tps:
             return {}
-        thread = self._thread
-        coordinator = thread._ensure_consumer()._coordinator
-        committed = await thread.call_thread(coordinator.fetch_committed_offsets, list(tps))
+        coordinator = self._thread._ensure_consumer()._coordinator
+        committed = await coordinator.fetch_committed_offsets(list(tps))
         positions = {
             tp: int(meta.offset)
             for tp in tps

@@ -125,7 +125,7 @@ class Lanes(Service):
         """Pause the batch partitions this worker holds while interactive work waits, resume
         them otherwise (one tick of the steering timer)."""
         consumer = self._app.consumer
-        if consumer is None or self._stopping():  # a stopping consumer thread may not answer
+        if consumer is None or self._stopping():  # a stopping consumer may not answer
             return
         if self._app.rebalancing or getattr(self._app, "in_recovery", False):
             # A rebalance gives aiokafka a new assignment, unpaused; the first tick after it

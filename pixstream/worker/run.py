@@ -1,7 +1,7 @@
 """Running the worker: one Faust worker per process, and a supervisor for several.
 
 A worker asked to stop that has not stopped within `worker_stop_seconds` exits anyway: with
-Kafka or PostgreSQL gone, Faust's shutdown waits on its consumer thread for a minute and a
+Kafka or PostgreSQL gone, Faust's shutdown waits on its consumer for a minute and a
 second signal is ignored, which is how a worker once outlived `pixstream dev`.
 
 Metrics of several processes: the supervisor runs its workers in prometheus_client's

@@ -3,6 +3,8 @@ it commits past a message no agent handled; the rest pin the ledger that replace
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 from typing import Any, cast
 
@@ -14,6 +16,7 @@ from faust.types import TP
 from faust.types.tuples import Message
 
 from pixstream.worker.commits import CommitLedger, LedgerConsumer, LedgerTransport
+from pixstream.worker.consumerloop import LoopConsumerThread
 
 pytestmark = pytest.mark.unit
 
@@ -317,3 +320,23 @@ async def test_a_commit_below_the_log_start_starts_the_ledger_at_the_log_start(
 
     cast(Any, consumer)._thread = Thread()
     assert await consumer._group_positions({TP0}) == {TP0: 50}
+
+
+async def test_the_ledger_consumer_runs_aiokafka_on_the_workers_loop(app: faust.App) -> None:
+    consumer = cast(LedgerConsumer, _consumer(app, LedgerTransport))
+    inner = consumer._thread
+    assert isinstance(inner, LoopConsumerThread)
+    assert inner.thread_loop is asyncio.get_running_loop()
+    called_on: list[int] = []
+
+    def plain(value: int) -> int:  # Faust calls through with plain functions too
+        called_on.append(threading.get_ident())
+        return value
+
+    async def coroutine(value: int) -> int:
+        called_on.append(threading.get_ident())
+        return value + 1
+
+    assert await inner.call_thread(plain, 1) == 1
+    assert await inner.call_thread(coroutine, 1) == 2
+    assert called_on == [threading.get_ident()] * 2
