@@ -7,6 +7,7 @@ isolate themselves with a unique topic prefix, database and key prefix each.
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -25,6 +26,33 @@ from pixstream.topics import apply_topics, load_topics
 from tests.harness import delete_topics
 
 TEMPLATE_DB = "pixstream_test_template"
+
+#: A test still running this long has its asyncio tasks' stacks printed, before pytest-timeout
+#: (600 s, pyproject) fails it: that one shows only the main thread, which for a hung await
+#: is the event loop's idle selector, never the await that hangs.
+HANG_REPORT_SECONDS = 480.0
+
+
+def _print_tasks(config: pytest.Config, test: str) -> None:
+    stacks = io.StringIO()
+    for task in asyncio.all_tasks():
+        task.print_stack(file=stacks)
+    # Past pytest's capture: in the log now, not in the report at the end of the run.
+    capture = config.pluginmanager.getplugin("capturemanager")
+    reporter = config.pluginmanager.getplugin("terminalreporter")
+    with capture.global_and_fixture_disabled():
+        reporter.write_line(f"\n--- {test} still running after {HANG_REPORT_SECONDS:.0f} s:")
+        reporter.write_line(stacks.getvalue())
+
+
+@pytest.fixture(autouse=True)
+async def _hang_report(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    timer = asyncio.get_running_loop().call_later(
+        HANG_REPORT_SECONDS, _print_tasks, request.config, request.node.nodeid
+    )
+    yield
+    timer.cancel()
+
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 
