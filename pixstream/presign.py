@@ -8,17 +8,13 @@ that long. Pure: no network, no clock unless none is given.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import time
 from datetime import UTC, datetime
 from urllib.parse import quote, urlsplit
 
+from pixstream import sigv4
+
 MAX_EXPIRES = 7 * 24 * 3600  # SigV4's limit
-
-
-def _hmac(key: bytes, msg: str) -> bytes:
-    return hmac.new(key, msg.encode(), hashlib.sha256).digest()
 
 
 def window_start(now: float, window_seconds: int) -> int:
@@ -40,18 +36,16 @@ def presign_get(
     """A path-style presigned GET valid for at least `min_validity` seconds from `now`."""
     signed_at = window_start(time.time() if now is None else now, window_seconds)
     expires = min(window_seconds + min_validity, MAX_EXPIRES)
-    stamp = datetime.fromtimestamp(signed_at, UTC)
-    amz_date, day = stamp.strftime("%Y%m%dT%H%M%SZ"), stamp.strftime("%Y%m%d")
-    scope = f"{day}/{region}/s3/aws4_request"
+    amz_date = datetime.fromtimestamp(signed_at, UTC).strftime("%Y%m%dT%H%M%SZ")
 
     url = urlsplit(endpoint_url.rstrip("/"))
-    path = f"{url.path}/{quote(bucket, safe='')}/{quote(key, safe='/~')}"
+    path = sigv4.object_path(url.path, bucket, key)
     query = "&".join(
         f"{k}={quote(v, safe='~')}"
         for k, v in sorted(
             {
-                "X-Amz-Algorithm": "AWS4-HMAC-SHA256",
-                "X-Amz-Credential": f"{access_key}/{scope}",
+                "X-Amz-Algorithm": sigv4.ALGORITHM,
+                "X-Amz-Credential": f"{access_key}/{sigv4.scope(amz_date, region)}",
                 "X-Amz-Date": amz_date,
                 "X-Amz-Expires": str(expires),
                 "X-Amz-SignedHeaders": "host",
@@ -59,16 +53,5 @@ def presign_get(
         )
     )
     canonical = f"GET\n{path}\n{query}\nhost:{url.netloc}\n\nhost\nUNSIGNED-PAYLOAD"
-    to_sign = "\n".join(
-        [
-            "AWS4-HMAC-SHA256",
-            amz_date,
-            scope,
-            hashlib.sha256(canonical.encode()).hexdigest(),
-        ]
-    )
-    signing_key = _hmac(
-        _hmac(_hmac(_hmac(f"AWS4{secret_key}".encode(), day), region), "s3"), "aws4_request"
-    )
-    signature = hmac.new(signing_key, to_sign.encode(), hashlib.sha256).hexdigest()
+    signature = sigv4.signature(secret_key, region, amz_date, canonical)
     return f"{url.scheme}://{url.netloc}{path}?{query}&X-Amz-Signature={signature}"

@@ -1,23 +1,33 @@
-"""S3 (aiobotocore): the bytes of uploads and outputs, and the bucket's lifecycle rules.
+"""S3: the bytes of uploads and outputs, and the bucket's lifecycle rules.
 
-Keys are deterministic (`raw/{job}/source.ext`, `processed/{job}/{step}.ext`), so a retried
-write overwrites itself. Errors are split here, once: a missing object is the input's fault
+The data path (`Storage`) signs its own requests; administration (creating the bucket,
+its lifecycle rules) and the tests' independent reads go through aiobotocore. Keys are
+deterministic (`raw/{job}/source.ext`, `processed/{job}/{step}.ext`), so a retried write
+overwrites itself. Errors are split here, once: a missing object is the input's fault
 (permanent), anything else from the endpoint is transient.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import hashlib
 import logging
 import math
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+import re
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
+import aiohttp
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
+from multidict import CIMultiDictProxy
 
+from pixstream import sigv4
 from pixstream.errors import SourceUnavailable, TransientError
 from pixstream.presign import presign_get
 from pixstream.settings import Settings
@@ -29,19 +39,19 @@ log = logging.getLogger(__name__)
 
 EXPIRING_PREFIXES = ("raw/", "processed/")
 _MISSING = {"NoSuchKey", "404", "NotFound"}
+_ATTEMPTS = 2
+_RETRY_DELAY = 0.1  # seconds; longer outages are the delivery policy's (a parked record)
+_RETRIED = {500, 502, 503, 504}
+_HASH_OFF_LOOP_BYTES = 1 << 20
 
 
 def _client_config() -> AioConfig:
     return AioConfig(
         signature_version="s3v4",  # botocore would otherwise sign SigV2 in us-east-1
         s3={"addressing_style": "path"},
-        # A hung endpoint costs one call at most 2 x (3 + 10) s before it is a TransientError
-        # and the record is parked: botocore's defaults (3 x 60 s) would hold an agent, and
-        # every record behind it on the partition, for minutes per attempt.
         retries={"max_attempts": 2, "mode": "standard"},
         connect_timeout=3,
         read_timeout=10,
-        max_pool_connections=32,
     )
 
 
@@ -60,64 +70,73 @@ async def s3_client(settings: Settings) -> AsyncIterator[S3Client]:
 
 
 class Storage:
-    """The bucket, as PixStream uses it."""
+    """The bucket, as PixStream's data path uses it: requests signed here (`sigv4`), sent
+    with aiohttp. Through aiobotocore a HEAD cost 2.4 ms of the loop's CPU and a CopyObject
+    3.1 ms (request building, endpoint rules, parsing), this way 0.4 and 0.8 ms; a reused
+    job is three such calls and little else."""
 
-    def __init__(self, client: S3Client, settings: Settings) -> None:
-        self._client = client
+    def __init__(self, http: aiohttp.ClientSession, settings: Settings) -> None:
+        self._http = http
         self._settings = settings
         self.bucket = settings.s3_bucket
+        endpoint = urlsplit(settings.s3_endpoint_url.rstrip("/"))
+        self._origin = f"{endpoint.scheme}://{endpoint.netloc}"
+        self._host = endpoint.netloc
+        self._base_path = endpoint.path
+        self._secret = settings.s3_secret_access_key.get_secret_value()
 
     async def put(self, key: str, data: bytes, content_type: str) -> None:
         """Store `data` with its SHA-256 checksum, which the endpoint checks against the bytes
         it received and keeps (`sha256`): what render once reads instead of the object."""
-        with _classified(f"put {key}"):
-            await self._client.put_object(
-                Bucket=self.bucket,
-                Key=key,
-                Body=data,
-                ContentType=content_type,
-                ChecksumAlgorithm="SHA256",
-            )
+        digest = await _sha256(data)
+        await self._request(
+            "PUT",
+            key,
+            f"put {key}",
+            headers={
+                "content-type": content_type,
+                "x-amz-checksum-sha256": base64.b64encode(digest).decode(),
+            },
+            body=data,
+            payload_sha256=digest.hex(),  # one hash signs the payload and is its checksum
+        )
 
     async def get(self, key: str, *, max_bytes: int | None = None) -> bytes:
-        with _classified(f"get {key}", missing=key):
-            resp = await self._client.get_object(Bucket=self.bucket, Key=key)
-            if max_bytes is not None and resp["ContentLength"] > max_bytes:
-                raise SourceUnavailable(f"object {key} is larger than {max_bytes} bytes")
-            async with resp["Body"] as body:
-                data: bytes = await body.read()
-                return data
+        _, body = await self._request("GET", key, f"get {key}", missing=key, max_bytes=max_bytes)
+        return body
 
     async def copy(self, source_key: str, key: str) -> None:
         """A server-side copy (CopyObject): the bytes never leave the endpoint.
         SourceUnavailable when `source_key` is gone (expired or deleted)."""
-        with _classified(f"copy {source_key} to {key}", missing=source_key):
-            await self._client.copy_object(
-                Bucket=self.bucket, Key=key, CopySource={"Bucket": self.bucket, "Key": source_key}
-            )
+        source = sigv4.object_path("", self.bucket, source_key)
+        what = f"copy {source_key} to {key}"
+        _, answer = await self._request(
+            "PUT",
+            key,
+            what,
+            headers={"x-amz-copy-source": source},
+            missing=source_key,
+        )
+        if b"<Error>" in answer:  # CopyObject may answer 200 and report its failure in the body
+            raise TransientError(f"S3 {what} failed: {_describe(200, answer)}")
 
     async def sha256(self, key: str) -> str | None:
         """The sha256 (hex) of the object's bytes as the endpoint checked them when they were
         stored (a HEAD: no bytes read); None when it keeps no whole-object SHA-256 (stored
         without one, or in parts). SourceUnavailable when there is no such object."""
-        with _classified(f"head {key}", missing=key):
-            head = await self._client.head_object(
-                Bucket=self.bucket, Key=key, ChecksumMode="ENABLED"
-            )
-        checksum = head.get("ChecksumSHA256")
-        if checksum is None or head.get("ChecksumType", "FULL_OBJECT") != "FULL_OBJECT":
+        head, _ = await self._request(
+            "HEAD", key, f"head {key}", headers={"x-amz-checksum-mode": "ENABLED"}, missing=key
+        )
+        checksum = head.get("x-amz-checksum-sha256")
+        if checksum is None or head.get("x-amz-checksum-type", "FULL_OBJECT") != "FULL_OBJECT":
             return None
         return base64.b64decode(checksum).hex()
 
     async def exists(self, key: str) -> bool:
         try:
-            await self._client.head_object(Bucket=self.bucket, Key=key)
-        except ClientError as exc:
-            if _error_code(exc) in _MISSING:
-                return False
-            raise TransientError(f"S3 head {key} failed: {exc}") from exc
-        except BotoCoreError as exc:
-            raise TransientError(f"S3 head {key} failed: {exc}") from exc
+            await self._request("HEAD", key, f"head {key}", missing=key)
+        except SourceUnavailable:
+            return False
         return True
 
     def presigned_url(self, key: str, *, now: float | None = None) -> str:
@@ -128,33 +147,103 @@ class Storage:
             key=key,
             region=s.s3_region,
             access_key=s.s3_access_key_id,
-            secret_key=s.s3_secret_access_key.get_secret_value(),
+            secret_key=self._secret,
             window_seconds=s.presign_window_seconds,
             now=now,
         )
 
     async def ping(self) -> None:
-        await self._client.head_bucket(Bucket=self.bucket)
+        await self._request("HEAD", "", "head bucket")
+
+    async def _request(
+        self,
+        method: str,
+        key: str,
+        what: str,
+        *,
+        headers: dict[str, str] | None = None,
+        body: bytes = b"",
+        payload_sha256: str = sigv4.EMPTY_SHA256,
+        missing: str | None = None,
+        max_bytes: int | None = None,
+    ) -> tuple[CIMultiDictProxy[str], bytes]:
+        """One signed request, retried once when the endpoint or the connection failed
+        transiently (as botocore's standard mode did); the response's headers and body.
+        A 404 for `missing` is SourceUnavailable, any other failure TransientError."""
+        path = sigv4.object_path(self._base_path, self.bucket, key)
+        for attempt in range(1, _ATTEMPTS + 1):
+            if attempt > 1:
+                await asyncio.sleep(_RETRY_DELAY)
+            signed = self._signed(method, path, headers or {}, payload_sha256)
+            try:
+                async with self._http.request(
+                    method, self._origin + path, headers=signed, data=body or None
+                ) as resp:
+                    if resp.status == 404 and missing is not None:
+                        raise SourceUnavailable(f"object {missing} does not exist")
+                    if resp.status in _RETRIED and attempt < _ATTEMPTS:
+                        continue
+                    if max_bytes is not None and (resp.content_length or 0) > max_bytes:
+                        raise SourceUnavailable(f"object {key} is larger than {max_bytes} bytes")
+                    data = await resp.read()
+                    if resp.status >= 300:
+                        raise TransientError(f"S3 {what} failed: {_describe(resp.status, data)}")
+                    return resp.headers, data
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                if attempt < _ATTEMPTS:
+                    continue
+                raise TransientError(f"S3 {what} failed: {str(exc) or type(exc).__name__}") from exc
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _signed(
+        self, method: str, path: str, headers: dict[str, str], payload_sha256: str
+    ) -> dict[str, str]:
+        signed = {
+            **headers,
+            "host": self._host,
+            "x-amz-content-sha256": payload_sha256,
+            "x-amz-date": time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()),
+        }
+        signed["authorization"] = sigv4.authorization(
+            method=method,
+            path=path,
+            headers=signed,
+            access_key=self._settings.s3_access_key_id,
+            secret_key=self._secret,
+            region=self._settings.s3_region,
+        )
+        return signed
 
 
 @asynccontextmanager
 async def open_storage(settings: Settings) -> AsyncIterator[Storage]:
-    async with s3_client(settings) as client:
-        yield Storage(client, settings)
+    # A hung endpoint costs one call at most 2 x (3 + 10) s before it is a TransientError
+    # and the record is parked: a longer wait would hold an agent, and every record behind
+    # it on the partition, for minutes per attempt.
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=3, sock_read=10)
+    connector = aiohttp.TCPConnector(limit=32)
+    async with aiohttp.ClientSession(
+        timeout=timeout, connector=connector, skip_auto_headers=["User-Agent"]
+    ) as http:
+        yield Storage(http, settings)
 
 
-@contextmanager
-def _classified(what: str, *, missing: str | None = None) -> Iterator[None]:
-    """The endpoint's errors as PixStream's: `missing` (a key) not there is the input's
-    fault (SourceUnavailable), anything else is transient."""
-    try:
-        yield
-    except ClientError as exc:
-        if missing is not None and _error_code(exc) in _MISSING:
-            raise SourceUnavailable(f"object {missing} does not exist") from exc
-        raise TransientError(f"S3 {what} failed: {exc}") from exc
-    except BotoCoreError as exc:
-        raise TransientError(f"S3 {what} failed: {exc}") from exc
+async def _sha256(data: bytes) -> bytes:
+    """A 20 MB upload hashes in about 40 ms: off the loop (hashlib lets go of the GIL), where
+    it does not hold up every other request; a small output is quicker hashed in place."""
+    if len(data) < _HASH_OFF_LOOP_BYTES:
+        return hashlib.sha256(data).digest()
+    return await asyncio.to_thread(lambda: hashlib.sha256(data).digest())
+
+
+def _describe(status: int, body: bytes) -> str:
+    """The endpoint's error code and message, from its XML error body when it sent one."""
+    found = {
+        tag: m.group(1).decode(errors="replace")
+        for tag in ("Code", "Message")
+        if (m := re.search(rb"<%s>(.*?)</%s>" % (tag.encode(), tag.encode()), body))
+    }
+    return f"HTTP {status} {found.get('Code', '')}: {found.get('Message', '')}".strip(" :")
 
 
 def _error_code(exc: ClientError) -> str:

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import uuid
 
 import aiohttp
 import asyncpg
 import pytest
+from pydantic import SecretStr
 from aiokafka.admin import AIOKafkaAdminClient
 
 from pixstream import kafka
 from pixstream.db.migrate import apply_migrations, migration_files
+from pixstream.errors import SourceUnavailable, TransientError
 from pixstream.settings import Settings
 from pixstream.storage import lifecycle_rules, open_storage, s3_client
 from pixstream.topics import TopicConfig, apply_topics, load_topics
@@ -74,6 +77,43 @@ async def test_s3_round_trip_and_presigned_get_over_http(services: Settings) -> 
     tampered = url.replace("X-Amz-Expires=", "X-Amz-Expires=9")
     async with aiohttp.ClientSession() as http, http.get(tampered) as resp:
         assert resp.status == 403  # MinIO checks the signature
+
+
+async def test_the_data_paths_own_signed_requests_read_back_through_botocore(
+    services: Settings,
+) -> None:
+    """`Storage` signs its requests itself; botocore, independent of it, sees what it wrote."""
+    key, copied = (f"processed/test-{uuid.uuid4().hex}/{n}.webp" for n in ("out", "copy"))
+    body = uuid.uuid4().bytes * 100
+    async with open_storage(services) as storage:
+        await storage.put(key, body, "image/webp")
+        await storage.copy(key, copied)
+        with pytest.raises(SourceUnavailable, match="does not exist"):
+            await storage.copy(key + ".missing", copied + ".never")
+        with pytest.raises(SourceUnavailable, match="larger than 100 bytes"):
+            await storage.get(key, max_bytes=100)
+        await storage.ping()
+    async with s3_client(services) as client:
+        for stored in (key, copied):
+            obj = await client.get_object(
+                Bucket=services.s3_bucket, Key=stored, ChecksumMode="ENABLED"
+            )
+            assert obj["ContentType"] == "image/webp"
+            assert await obj["Body"].read() == body
+        assert obj["ChecksumSHA256"] == base64.b64encode(hashlib.sha256(body).digest()).decode()
+
+
+async def test_storage_failures_are_transient_with_the_endpoints_reason(
+    services: Settings, unused_tcp_port: int
+) -> None:
+    wrong = services.model_copy(update={"s3_secret_access_key": SecretStr("not-the-secret")})
+    async with open_storage(wrong) as storage:
+        with pytest.raises(TransientError, match="HTTP 403 SignatureDoesNotMatch"):
+            await storage.get("raw/any/source.jpg")
+    nobody = services.model_copy(update={"s3_endpoint_url": f"http://127.0.0.1:{unused_tcp_port}"})
+    async with open_storage(nobody) as storage:
+        with pytest.raises(TransientError, match="Cannot connect"):
+            await storage.sha256("raw/any/source.jpg")
 
 
 async def test_presigned_url_is_stable_within_a_window_and_expires(services: Settings) -> None:
