@@ -10,8 +10,8 @@ import uuid
 import aiohttp
 import asyncpg
 import pytest
-from pydantic import SecretStr
 from aiokafka.admin import AIOKafkaAdminClient
+from pydantic import SecretStr
 
 from pixstream import kafka
 from pixstream.db.migrate import apply_migrations, migration_files
